@@ -1,0 +1,1 @@
+"""Diffusion backbones: one adapter per family behind one small interface."""

@@ -1,0 +1,289 @@
+"""Typed, validated parameters: `params.yaml` → `Params`.
+
+Every stage reads its parameters through `load_params`, never by parsing YAML itself, so an
+unknown key, a wrong type or an out-of-range value is caught once, here, with a one-line
+message that names the key, the bad value and the valid choices.
+
+pydantic does the type and range checking; this module only adds what a researcher needs
+on top: dotted key paths, "did you mean" suggestions for typos, and the checks that span
+groups (a layer the chosen model has, a `t` inside its `[0, T)`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.backbones.registry import BACKBONES, get_backbone
+
+# Dataset name → the domain word used in prompts ("a photo of a {class}, a type of {domain}").
+DATASETS: dict[str, str] = {
+    "oxford_pets": "pet",
+    "fgvc_aircraft": "aircraft",
+    "caltech101": "object",
+    "fashion_mnist": "garment",
+    "digits": "digit",
+    "imagefolder": "object",
+    "unrel": "object",
+}
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class ConfigError(ValueError):
+    """A parameter problem, phrased as one line for the user."""
+
+
+class _Group(BaseModel):
+    # forbid: a misspelt key must fail loudly, not silently keep its default.
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class SplitCounts(_Group):
+    train: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class DataParams(_Group):
+    # Side of the square images the backbone sees (resize shorter side + center crop).
+    image_size: int = Field(32, ge=8, le=2048)
+    # Seeded stratified subset per class and split (null = all images).
+    max_per_class: SplitCounts = SplitCounts()
+    # Source folder for `imagefolder` and `unrel`.
+    path: str | None = None
+    # Optional `imagefolder` split file: CSV with columns `path,split` (path relative to `path`).
+    split_file: str | None = None
+    # Where torchvision datasets are downloaded to / looked for (kept outside DVC outputs).
+    raw_root: str = "raw"
+    # Fraction of each class held out as test where a dataset has no official split.
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)
+    # error: stop and list the bad files; skip: leave them out and record them in skipped.csv.
+    on_bad_image: Literal["error", "skip"] = "error"
+    # Let torchvision download a missing dataset (needs network).
+    download: bool = True
+
+
+class ModelTrainParams(_Group):
+    """The embedded `fmnist-ddpm` model trained by the `model` stage."""
+
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 64, 128], min_length=2, max_length=6)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    norm_groups: int = Field(8, ge=1)
+    image_size: int = Field(32, ge=8, le=256)
+    steps: int = Field(630, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(50, ge=0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    num_train_timesteps: int = Field(1000, ge=2)
+    seed: int = Field(0, ge=0)
+    # Samples drawn for the sample grid (DDIM steps).
+    sample_steps: int = Field(50, ge=1)
+    device: Device = "auto"
+    dtype: DType = "auto"
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> "ModelTrainParams":
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(
+                f"model_train.channels {self.channels} must all be divisible by "
+                f"model_train.norm_groups = {self.norm_groups}"
+            )
+        return self
+
+
+class ExtractParams(_Group):
+    # Stored views per train image: view 0 = resize + center crop, others seeded augmentations.
+    views: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+    # Noise draws averaged per tap (DIFT uses 8).
+    ensemble: int = Field(1, ge=1)
+    # DiT: add noise at t (default) or pass t only to the timestep embedding (authors' code).
+    dit_noise: Literal["add", "embed_only"] = "add"
+    device: Device = "auto"
+    dtype: DType = "auto"
+    batch_size: int = Field(16, ge=1)
+    # Store full feature maps (Diff-C needs them); false = pooled only.
+    fmap: bool = True
+    num_workers: int = Field(0, ge=0)
+    clip_model: str = "openai/clip-vit-large-patch14"
+    # Prompt for `prompt: generic`; null = "a photo of a {domain}".
+    generic_prompt: str | None = None
+
+
+class SaeParams(_Group):
+    expansion: int = Field(64, ge=1)
+    k: int = Field(32, ge=1)
+    lr: float = Field(4e-4, gt=0.0)
+    warmup_steps: int = Field(500, ge=0)
+    batch_size: int = Field(4096, ge=1)
+    num_samples: int = Field(2_000_000, ge=1)
+    b_pre_init: Literal["mean", "geometric_median"] = "mean"
+    auxk_alpha: float = Field(0.0, ge=0.0)
+    auxk_k: int = Field(256, ge=1)
+    dead_window: int = Field(1_000_000, ge=1)
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
+    dtype: DType = "auto"
+
+
+class DiffcParams(_Group):
+    width: int = Field(1024, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    lr: float = Field(1e-4, gt=0.0)
+    lr_min: float = Field(5e-5, ge=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(30, ge=1)
+    flip: bool = True
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
+    dtype: DType = "auto"
+
+
+class EvalParams(_Group):
+    top_latents: int = Field(1000, ge=1)
+    top_images: int = Field(10, ge=2)
+    min_fires: int = Field(10, ge=0)
+
+
+class RenderParams(_Group):
+    num_latents: int = Field(6, ge=1)
+    top_images: int = Field(9, ge=1)
+    select: Literal["rank", "purity", "ids"] = "purity"
+    latent_ids: list[int] = Field(default_factory=list)
+    pca_layers: list[str] = Field(default_factory=list)
+    thumb_size: int = Field(64, ge=8)
+
+
+class Params(_Group):
+    dataset: Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+    model: Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+    layer: str
+    t: int
+    prompt: Literal["empty", "generic", "from_clip"] = "empty"
+    # Local directory holding the model's weights (diffusers layout); null = hub cache.
+    model_path: str | None = None
+    data: DataParams = DataParams()
+    model_train: ModelTrainParams = ModelTrainParams()
+    extract: ExtractParams = ExtractParams()
+    sae: SaeParams = SaeParams()
+    diffc: DiffcParams = DiffcParams()
+    eval: EvalParams = EvalParams()
+    render: RenderParams = RenderParams()
+
+    @property
+    def backbone(self):
+        return get_backbone(self.model)
+
+    def layer_names(self) -> list[str]:
+        spec = self.backbone
+        return spec.layer_names(len(self.model_train.channels) if spec.embedded else None)
+
+    @property
+    def domain(self) -> str:
+        return DATASETS[self.dataset]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        spec = self.backbone
+        layers = self.layer_names()
+        if self.layer not in layers:
+            raise ValueError(_one_of("layer", self.layer, layers, f"for model {self.model}"))
+        T = self.model_train.num_train_timesteps if spec.embedded else spec.num_train_timesteps
+        if not 0 <= self.t < T:
+            raise ValueError(f"t = {self.t} is out of range for model {self.model}: expected 0 <= t < {T}")
+        if self.prompt != "empty" and not spec.conditional_text:
+            raise ValueError(
+                f"prompt = {self.prompt!r} is invalid for model {self.model}, which takes no text "
+                f"conditioning: use prompt: empty"
+            )
+        if self.dataset in ("imagefolder", "unrel") and not self.data.path:
+            raise ValueError(f"data.path is required for dataset {self.dataset}: set it to the image folder")
+        return self
+
+
+def _one_of(key: str, value: Any, valid: list[str], where: str = "") -> str:
+    hint = difflib.get_close_matches(str(value), valid, n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    where = f" {where}" if where else ""
+    return f"{key} = {value!r} is invalid{where}{suggestion}; valid: {', '.join(valid)}"
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model found at `loc` (for suggesting the key a typo meant)."""
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    value = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        siblings = _fields_at(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), siblings, n=1)
+        suggestion = f" (did you mean {'.'.join([*map(str, loc[:-1]), hint[0]])!r}?)" if hint else ""
+        return f"unknown key {key!r}{suggestion}; valid keys here: {', '.join(siblings)}"
+    if kind == "missing":
+        return f"missing key {key!r}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        valid = [s.strip().strip("'") for s in expected.replace(" or ", ", ").split(",") if s.strip()]
+        return _one_of(key, value, valid)
+    if kind == "value_error":
+        # Our own cross-field messages are already complete sentences.
+        return err["msg"].removeprefix("Value error, ")
+    return f"{key} = {value!r} is invalid: {err['msg'].lower()}"
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a parsed params mapping; raises ConfigError with a one-line message."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of parameters, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        # One line: the first problem is what the user fixes first; count the rest.
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ConfigError(_format_error(errors[0]) + more) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the repository root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        return parse_params(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_params_or_exit(path: str | Path = "params.yaml") -> Params:
+    """For stage entry points: a parameter problem ends the process with one line, exit 2."""
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

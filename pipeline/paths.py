@@ -1,0 +1,36 @@
+"""Where each stage's outputs live, relative to the repository root (see DESIGN.md, Folders).
+
+`dvc.yaml` templates the same paths from params; tests check the two agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def data_dir(dataset: str, root: Path = Path(".")) -> Path:
+    return root / "data" / dataset
+
+
+def manifest_path(dataset: str, root: Path = Path(".")) -> Path:
+    return data_dir(dataset, root) / "manifest.csv"
+
+
+def classes_path(dataset: str, root: Path = Path(".")) -> Path:
+    return data_dir(dataset, root) / "classes.txt"
+
+
+def backbone_dir(model: str, root: Path = Path(".")) -> Path:
+    return root / "models" / "backbones" / model
+
+
+def latents_store(dataset: str, model: str, root: Path = Path(".")) -> Path:
+    return root / "features" / dataset / model / "latents.zarr"
+
+
+def features_store(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
+    return root / "features" / dataset / model / layer / f"t{t}.zarr"
+
+
+def reports_dir(root: Path = Path(".")) -> Path:
+    return root / "reports"
