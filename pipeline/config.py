@@ -261,7 +261,8 @@ def parse_params(raw: Any) -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         # One line: the first problem is what the user fixes first; count the rest.
-        errors = exc.errors()
+        # A typo shows up twice (unknown key + missing key): report the typo, it explains both.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise ConfigError(_format_error(errors[0]) + more) from None
 

@@ -1,0 +1,41 @@
+# Two-command quickstart: `make repro` runs the embedded default pipeline, `make test` the tests.
+# Both set up .venv first (once; again when pyproject.toml changes).
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# DVC stage commands call `python -m stages.X`: make them find the venv's python.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup sysdeps repro test test-all bench clean-venv
+
+setup: $(STAMP) sysdeps
+
+# torch/torchvision first and pinned: on the development machines pip takes these builds
+# from local disk; letting a dependency pull "torch" unpinned would fetch a multi-GB build.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# Fashion-MNIST comes from Debian's package (offline); install it where we can.
+sysdeps:
+	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+	   && [ -f /etc/debian_version ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+repro: setup
+	$(VENV)/bin/dvc repro
+
+test: setup
+	$(PY) -m pytest
+
+# Everything, the slow end-to-end and full-size-model tests included.
+test-all: setup
+	$(PY) -m pytest -m ''
+
+clean-venv:
+	rm -rf $(VENV)

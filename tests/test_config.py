@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, Params, load_params, parse_params
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_params(raw)
+    message = str(exc.value)
+    assert "\n" not in message, "errors must be one line"
+    return message
+
+
+def test_committed_params_are_valid(repo_root: Path) -> None:
+    params = load_params(repo_root / "params.yaml")
+    assert params.dataset == "fashion_mnist"
+    assert params.layer in params.layer_names()
+
+
+def test_every_group_has_a_typed_model() -> None:
+    groups = {"data", "model_train", "extract", "sae", "diffc", "eval", "render"}
+    assert groups <= set(Params.model_fields)
+    for top in ("dataset", "model", "layer", "t", "prompt"):
+        assert top in Params.model_fields
+
+
+def test_typo_in_group_suggests_closest_key(default_params_raw: dict) -> None:
+    default_params_raw["sae"]["expansoin"] = 16
+    msg = _error(default_params_raw)
+    assert "unknown key 'sae.expansoin'" in msg
+    assert "did you mean 'sae.expansion'" in msg
+
+
+def test_typo_at_top_level(default_params_raw: dict) -> None:
+    default_params_raw["datset"] = default_params_raw.pop("dataset")
+    msg = _error(default_params_raw)
+    assert "'datset'" in msg and "did you mean 'dataset'" in msg
+
+
+def test_wrong_type_names_key_and_value(default_params_raw: dict) -> None:
+    default_params_raw["sae"]["k"] = "many"
+    msg = _error(default_params_raw)
+    assert msg.startswith("sae.k = 'many' is invalid")
+
+
+def test_out_of_range_names_bound(default_params_raw: dict) -> None:
+    default_params_raw["data"]["test_fraction"] = 1.5
+    msg = _error(default_params_raw)
+    assert "data.test_fraction = 1.5" in msg and "less than 1" in msg
+
+
+def test_bad_choice_lists_valid_ones(default_params_raw: dict) -> None:
+    default_params_raw["data"]["on_bad_image"] = "sometimes"
+    msg = _error(default_params_raw)
+    assert "valid: error, skip" in msg
+
+
+def test_unknown_dataset_suggests(default_params_raw: dict) -> None:
+    default_params_raw["dataset"] = "fashion_mnst"
+    msg = _error(default_params_raw)
+    assert "did you mean 'fashion_mnist'" in msg and "oxford_pets" in msg
+
+
+def test_layer_must_belong_to_model(default_params_raw: dict) -> None:
+    default_params_raw["layer"] = "block3"
+    msg = _error(default_params_raw)
+    assert "layer = 'block3'" in msg and "up_ft1" in msg
+    default_params_raw.update(model="tiny-dit", layer="block3")
+    assert parse_params(default_params_raw).layer == "block3"
+
+
+def test_embedded_layers_follow_channels(default_params_raw: dict) -> None:
+    default_params_raw["model_train"]["channels"] = [32, 64]
+    default_params_raw["layer"] = "up_ft1"
+    assert parse_params(default_params_raw).layer_names() == ["bottleneck", "up_ft0", "up_ft1"]
+    default_params_raw["layer"] = "up_ft3"
+    assert "valid: bottleneck, up_ft0, up_ft1" in _error(default_params_raw)
+
+
+@pytest.mark.parametrize("t", [-1, 1000, 5000])
+def test_t_outside_training_range(default_params_raw: dict, t: int) -> None:
+    default_params_raw["t"] = t
+    assert "0 <= t < 1000" in _error(default_params_raw)
+
+
+def test_prompt_rejected_for_unconditional_model(default_params_raw: dict) -> None:
+    default_params_raw["prompt"] = "from_clip"
+    assert "takes no text conditioning" in _error(default_params_raw)
+    default_params_raw["model"] = "tiny-sd"
+    assert parse_params(default_params_raw).prompt == "from_clip"
+
+
+def test_imagefolder_needs_path(default_params_raw: dict) -> None:
+    default_params_raw["dataset"] = "imagefolder"
+    assert "data.path is required" in _error(default_params_raw)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("dataset: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_stage_exits_with_one_line(tmp_path: Path, repo_root: Path, default_params_raw: dict) -> None:
+    default_params_raw["extract"]["batchsize"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params_raw))
+    proc = subprocess.run(
+        [sys.executable, "-c", "from pipeline.config import load_params_or_exit; load_params_or_exit()"],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={"PYTHONPATH": str(repo_root), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "extract.batchsize" in lines[0] and "extract.batch_size" in lines[0]
