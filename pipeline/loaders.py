@@ -1,0 +1,171 @@
+"""Loaders the fitting stages read features through.
+
+- `load_pooled`: the (N, C) pooled split, whole, in memory (the k-SAE's input is small).
+- `FmapLoader`: batches of (N, C, H, W) maps for Diff-C. Random single-sample reads from a
+  sharded store are ~10x slower than reading whole shards in order, so it reads shards
+  sequentially (in a seeded, per-epoch shuffled order, a background thread reading ahead)
+  and shuffles samples inside a buffer of several shards. When the split fits comfortably in
+  memory it is read once and shuffled exactly instead.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.store import FeatureStore
+
+
+@dataclass
+class PooledSplit:
+    x: np.ndarray  # (N, C) float32
+    label: np.ndarray  # (N,) int64
+    index: np.ndarray  # (N,) manifest row
+    view: np.ndarray  # (N,)
+
+
+def load_pooled(store: FeatureStore, split: str) -> PooledSplit:
+    return PooledSplit(
+        x=store.read(split, "pooled").astype(np.float32, copy=False),
+        label=store.read(split, "label"),
+        index=store.read(split, "index"),
+        view=store.read(split, "view"),
+    )
+
+
+def _mem_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _read_ahead(items: list, read, depth: int) -> Iterator:
+    """Yield read(item) for each item, reading up to `depth` items ahead in a thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(("ok", read(item)))
+        except BaseException as exc:  # surfaced in the consumer, not lost in the thread
+            q.put(("error", exc))
+            return
+        q.put(("end", None))
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.01)
+
+
+class FmapLoader:
+    """Iterate (fmap, label) batches of one split; one pass per `iter()`, reseeded per epoch."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_shards: int = 4,
+        in_memory: bool | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        self.store = store
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.buffer_shards = max(1, buffer_shards)
+        self.drop_last = drop_last
+        self.epoch = 0
+        n = store.num_samples(split)
+        fmap = store.array(split, "fmap")
+        nbytes = n * int(np.prod(fmap.shape[1:])) * fmap.dtype.itemsize
+        # Hold the split in memory when it takes under a quarter of the free RAM.
+        self.in_memory = in_memory if in_memory is not None else nbytes < _mem_available_bytes() // 4
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        n = self.store.num_samples(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def _read_shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        start, stop = self.store.shards(self.split)[shard]
+        return self.store.read(self.split, "fmap", start, stop), self.store.read(self.split, "label", start, stop)
+
+    def _batches(self, x: np.ndarray, y: np.ndarray, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                return
+            yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = self._rng()
+        self.epoch += 1
+        if self.in_memory:
+            if self._cache is None:
+                self._cache = (self.store.read(self.split, "fmap"), self.store.read(self.split, "label"))
+            x, y = self._cache
+            order = rng.permutation(len(y)) if self.shuffle else np.arange(len(y))
+            yield from self._batches(x, y, order)
+            return
+        shards = list(range(len(self.store.shards(self.split))))
+        if self.shuffle:
+            shards = list(rng.permutation(shards))
+        # Samples left over after a buffer's full batches join the next buffer, so every
+        # batch but the last is full whatever the shard size.
+        carry_x: list[np.ndarray] = []
+        carry_y: list[np.ndarray] = []
+        pending = 0
+        for x, y in _read_ahead(shards, self._read_shard, depth=self.buffer_shards):
+            carry_x.append(x)
+            carry_y.append(y)
+            pending += 1
+            if pending < self.buffer_shards:
+                continue
+            bx, by = np.concatenate(carry_x), np.concatenate(carry_y)
+            order = rng.permutation(len(by)) if self.shuffle else np.arange(len(by))
+            full = len(order) - len(order) % self.batch_size
+            yield from self._batches(bx, by, order[:full])
+            rest = order[full:]
+            carry_x, carry_y, pending = [bx[rest]], [by[rest]], 0
+        if carry_y and sum(len(c) for c in carry_y):
+            bx, by = np.concatenate(carry_x), np.concatenate(carry_y)
+            order = rng.permutation(len(by)) if self.shuffle else np.arange(len(by))
+            yield from self._batches(bx, by, order)
