@@ -77,7 +77,7 @@ class ModelTrainParams(_Group):
     layers_per_block: int = Field(1, ge=1, le=4)
     norm_groups: int = Field(8, ge=1)
     image_size: int = Field(32, ge=8, le=256)
-    steps: int = Field(630, ge=1)
+    steps: int = Field(560, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -85,7 +85,13 @@ class ModelTrainParams(_Group):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     num_train_timesteps: int = Field(1000, ge=2)
     seed: int = Field(0, ge=0)
-    # Samples drawn for the sample grid (DDIM steps).
+    # Training-curve rows (reports/model_train.csv): mean loss every `log_every` steps.
+    log_every: int = Field(10, ge=1)
+    # Held-out denoising ε-MSE, trained vs init: a fixed subset of the test split, fixed noise.
+    eval_images: int = Field(1000, ge=1)
+    eval_timesteps: list[int] = Field(default_factory=lambda: [25, 100, 250], min_length=1)
+    # Sample grid (reports/figures/model_samples.png): this many DDIM samples of `sample_steps` steps.
+    num_samples: int = Field(64, ge=1, le=1024)
     sample_steps: int = Field(50, ge=1)
     device: Device = "auto"
     dtype: DType = "auto"
@@ -97,6 +103,17 @@ class ModelTrainParams(_Group):
             raise ValueError(
                 f"model_train.channels {self.channels} must all be divisible by "
                 f"model_train.norm_groups = {self.norm_groups}"
+            )
+        if self.image_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(
+                f"model_train.image_size = {self.image_size} must be divisible by "
+                f"2**(len(model_train.channels) - 1) = {2 ** (len(self.channels) - 1)} (one halving per down block)"
+            )
+        bad_t = [t for t in self.eval_timesteps if not 0 <= t < self.num_train_timesteps]
+        if bad_t:
+            raise ValueError(
+                f"model_train.eval_timesteps {bad_t} out of range: expected 0 <= t < "
+                f"model_train.num_train_timesteps = {self.num_train_timesteps}"
             )
         return self
 
@@ -115,6 +132,8 @@ class ExtractParams(_Group):
     # Store full feature maps (Diff-C needs them); false = pooled only.
     fmap: bool = True
     num_workers: int = Field(0, ge=0)
+    # Samples per store shard; null = about 64 MB per shard, at most 1024 samples.
+    shard_size: int | None = Field(None, ge=1)
     clip_model: str = "openai/clip-vit-large-patch14"
     # Prompt for `prompt: generic`; null = "a photo of a {domain}".
     generic_prompt: str | None = None
