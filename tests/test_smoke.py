@@ -1,0 +1,156 @@
+"""End to end: `dvc repro` of the whole pipeline in a temporary copy of the repository.
+
+Tiny on purpose (digits, a few images per class, a few training steps of a tiny embedded
+model) so it runs in every CI run; each stage added to dvc.yaml extends the checks here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.store import open_store
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+SMOKE_PARAMS = {
+    "dataset": "digits",
+    "model": "fmnist-ddpm",
+    "layer": "up_ft0",
+    "t": 25,
+    "data": {"max_per_class": {"train": 5, "test": 2}, "image_size": 16},
+    "model_train": {
+        "channels": [8, 16],
+        "norm_groups": 4,
+        "image_size": 16,
+        "steps": 6,
+        "batch_size": 16,
+        "warmup_steps": 2,
+        "eval_images": 32,
+        "num_samples": 4,
+        "sample_steps": 2,
+        "log_every": 2,
+        "dtype": "fp32",
+    },
+    "extract": {"batch_size": 8, "dtype": "fp32", "shard_size": 16},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def _copy_repo(src: Path, dst: Path) -> None:
+    """The files git would check out (tracked, plus new ones not ignored): a clean clone."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        if (src / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dst / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+
+
+def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # Stage commands run `python`: make it this interpreter (the venv's).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(repo)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not FASHION.exists():
+        pytest.skip(f"{FASHION} missing: `make test` installs Debian's dataset-fashion-mnist")
+    repo = tmp_path_factory.mktemp("smoke") / "repo"
+    _copy_repo(Path(__file__).resolve().parents[1], repo)
+    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()), SMOKE_PARAMS)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _dvc(repo, "repro")
+    return repo
+
+
+def test_data_stage_outputs(smoke_repo: Path) -> None:
+    rows = list(csv.DictReader((smoke_repo / "data/digits/manifest.csv").open()))
+    assert len(rows) == 10 * 5 + 10 * 2
+    assert {r["split"] for r in rows} == {"train", "test"}
+    assert all((smoke_repo / "data/digits" / r["path"]).is_file() for r in rows)
+    assert (smoke_repo / "data/digits/classes.txt").read_text().split() == [str(i) for i in range(10)]
+
+
+def test_model_stage_outputs(smoke_repo: Path) -> None:
+    out = smoke_repo / "models/backbones/fmnist-ddpm"
+    assert (out / "unet/config.json").is_file() and (out / "scheduler/scheduler_config.json").is_file()
+    lock = json.loads((out / "lock.json").read_text())
+    assert len(lock["weights_sha256"]) == 64
+    curve = list(csv.DictReader((out / "model_train.csv").open()))
+    assert curve and float(curve[-1]["loss"]) > 0
+    assert (out / "figures/model_samples.png").stat().st_size > 100
+
+
+def test_encode_and_extract_outputs(smoke_repo: Path) -> None:
+    latents = open_store(smoke_repo / "features/digits/fmnist-ddpm/latents.zarr")
+    assert latents.array("train", "latents").shape == (50, 1, 16, 16)
+    feats = open_store(smoke_repo / "features/digits/fmnist-ddpm/up_ft0/t25.zarr")
+    assert feats.provenance["layer"] == "up_ft0" and feats.provenance["t"] == 25
+    pooled = feats.read("train", "pooled")
+    fmap = feats.read("test", "fmap")
+    assert pooled.shape[0] == 50 and np.isfinite(pooled).all() and pooled.std() > 0
+    assert fmap.dtype == np.float16 and fmap.shape[0] == 20
+    np.testing.assert_array_equal(feats.read("train", "label"), latents.read("train", "label"))
+
+
+def test_second_repro_runs_nothing(smoke_repo: Path) -> None:
+    proc = _dvc(smoke_repo, "repro")
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert "up to date" in proc.stdout.lower()
+
+
+def test_new_layer_reruns_extract_only(smoke_repo: Path) -> None:
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["layer"] = "bottleneck"
+    (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = _dvc(smoke_repo, "repro")
+        ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+        assert ran == {"extract"}, proc.stdout
+        assert (smoke_repo / "features/digits/fmnist-ddpm/bottleneck/t25.zarr/zarr.json").is_file()
+        # Back to the first key: DVC's run cache restores it without running anything.
+        params["layer"] = "up_ft0"
+        (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = _dvc(smoke_repo, "repro")
+        assert "Running stage" not in proc.stdout, proc.stdout
+        assert open_store(smoke_repo / "features/digits/fmnist-ddpm/up_ft0/t25.zarr").complete
+    finally:
+        params["layer"] = "up_ft0"
+        (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_misspelt_key_fails_with_one_line(smoke_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "typo"
+    shutil.copytree(smoke_repo, repo, ignore=shutil.ignore_patterns("data", "models", "features", ".dvc"))
+    shutil.copytree(smoke_repo / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["max_per_clas"] = params["data"].pop("max_per_class")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = _dvc(repo, "repro", "data", check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "max_per_clas" in ln]
+    assert lines and "did you mean 'data.max_per_class'" in lines[0], proc.stderr
