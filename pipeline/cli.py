@@ -76,5 +76,101 @@ def datasets() -> None:
         typer.echo(f"{name:<14} prompt domain: {domain}")
 
 
+features_app = typer.Typer(help="Inspect the feature cache (features/).", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+FeaturesRoot = typer.Option(Path("features"), "--root", help="The feature cache folder.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+@features_app.command("ls")
+def features_ls(root: Path = FeaturesRoot, as_json: bool = JsonOpt) -> None:
+    """Every cached store: key, shapes, size on disk, completeness."""
+    from pipeline.store_inspect import find_stores, summary
+
+    rows = [summary(p, root) for p in find_stores(root)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no feature stores under {root}/ (run `dvc repro`)")
+        return
+    for r in rows:
+        state = "complete" if r["complete"] else f"INCOMPLETE (missing shards {r['missing_shards']})"
+        main = "pooled" if r["kind"] == "features" else "latents"
+        shapes = "  ".join(f"{s}:{a.get(main)}" for s, a in r["arrays"].items())
+        typer.echo(f"{r['key']:<48} {_human(r['bytes']):>9}  {state}\n    {main} {shapes}")
+
+
+@features_app.command("info")
+def features_info(key: str, root: Path = FeaturesRoot, as_json: bool = JsonOpt) -> None:
+    """Arrays (dtype, chunks, shards, codecs) and provenance of one store."""
+    from pipeline.store import StoreError
+    from pipeline.store_inspect import info, resolve_key
+
+    try:
+        data = info(resolve_key(key, root))
+    except StoreError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{data['path']}  ({'complete' if data['complete'] else 'incomplete'}, {data['shard_size']} samples/shard)")
+    for name, a in data["arrays"].items():
+        typer.echo(
+            f"  {name:<16} {str(a['shape']):<22} {a['dtype']:<8} chunks {a['chunks']} "
+            f"shards {a['shards']} codecs {'+'.join(a['codecs'])}"
+        )
+    typer.echo("provenance:")
+    for k, v in data["provenance"].items():
+        typer.echo(f"  {k}: {v}")
+
+
+@features_app.command("show")
+def features_show(
+    key: str,
+    index: int = typer.Option(..., "--index", "-i", help="Sample number within the split."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    root: Path = FeaturesRoot,
+    as_json: bool = JsonOpt,
+) -> None:
+    """One sample: its image (manifest row, class) and its pooled vector's statistics."""
+    from pipeline.store import StoreError
+    from pipeline.store_inspect import resolve_key, show
+
+    try:
+        data = show(resolve_key(key, root), split, index)
+    except StoreError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(
+        f"{split}[{index}]: manifest row {data['manifest_row']} view {data['view']}"
+        + (f" — {data.get('class_name')} (label {data.get('label')})" if "label" in data else "")
+    )
+    typer.echo(f"  image: {data.get('image')}")
+    for name in ("pooled", "latents"):
+        if name in data:
+            v = data[name]
+            top = ", ".join(f"c{i}={x:.3g}" for i, x in v["top_channels"])
+            typer.echo(
+                f"  {name} ({v['dim']} values): mean {v['mean']:.4g} std {v['std']:.4g} "
+                f"min {v['min']:.4g} max {v['max']:.4g} |x| {v['l2']:.4g}\n    top: {top}"
+            )
+
+
 if __name__ == "__main__":
     app()

@@ -90,6 +90,7 @@ def latents_provenance(params: Params, root: Path, dtype: torch.dtype) -> dict[s
         "seed": params.extract.seed,
         "input_space": params.backbone.input_space,
         "dtype": str(dtype).removeprefix("torch."),
+        "batch_invariant": params.extract.batch_invariant,
         "package_version": __version__,
     }
 
@@ -225,7 +226,7 @@ def run_encode(
         for b in range(0, len(chunk), params.extract.batch_size):
             part = chunk[b : b + params.extract.batch_size]
             images = load_views(part, size, seed, params.extract.num_workers)
-            latents.append(backbone.encode(images).float().cpu())
+            latents.append(backbone.encode(images, batch_invariant=params.extract.batch_invariant).float().cpu())
         return {
             "latents": torch.cat(latents).numpy(),
             "label": np.array([s.label for s in chunk], np.int64),

@@ -63,6 +63,7 @@ def features_provenance(params: Params, latents: dict[str, Any], backbone: Backb
         "scheduler": type(backbone.scheduler).__name__,
         "extract_dtype": str(backbone.dtype).removeprefix("torch."),
         "fmap": params.extract.fmap,
+        "batch_invariant": params.extract.batch_invariant,
     }
 
 
@@ -137,6 +138,7 @@ def run_extract(
                 indices=index[b : b + bs],
                 views=view[b : b + bs],
                 ensemble=params.extract.ensemble,
+                batch_invariant=params.extract.batch_invariant,
             )
             outs.append(out[params.layer].cpu())
         return torch.cat(outs)
