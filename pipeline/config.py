@@ -77,7 +77,8 @@ class ModelTrainParams(_Group):
     layers_per_block: int = Field(1, ge=1, le=4)
     norm_groups: int = Field(8, ge=1)
     image_size: int = Field(32, ge=8, le=256)
-    steps: int = Field(560, ge=1)
+    # 0 = the architecture at initialisation (the random-weights baseline for probes).
+    steps: int = Field(560, ge=0)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)

@@ -208,3 +208,16 @@ def test_corrupt_checkpoint_is_ignored(digits, tmp_path):
         _params(steps=4, num_samples=4, eval_images=20), out, tmp_path / "r", images=digits
     )
     assert result.resumed_from == 0 and result.steps == 4
+
+
+def test_zero_steps_saves_the_initialisation(digits, tmp_path):
+    # `model_train.steps: 0` is the random-weights baseline: same architecture, same seed, no step.
+    from pipeline.ddpm_train import build_unet
+
+    params = _params(steps=0, num_samples=4, sample_steps=2)
+    result = train_and_save(params, tmp_path / "out", tmp_path / "reports", images=digits)
+    assert result.steps == 0 and result.heldout_trained == result.heldout_init
+    saved = UNet2DModel.from_pretrained(tmp_path / "out", subfolder="unet")
+    init = build_unet(params.model_train, seed=params.model_train.seed)
+    for (name, a), b in zip(saved.state_dict().items(), init.state_dict().values()):
+        assert torch.equal(a, b), name
