@@ -2,10 +2,11 @@
 
 - `load_pooled`: the (N, C) pooled split, whole, in memory (the k-SAE's input is small).
 - `FmapLoader`: batches of (N, C, H, W) maps for Diff-C. Random single-sample reads from a
-  sharded store are ~10x slower than reading whole shards in order, so it reads shards
-  sequentially (in a seeded, per-epoch shuffled order, a background thread reading ahead)
-  and shuffles samples inside a buffer of several shards. When the split fits comfortably in
-  memory it is read once and shuffled exactly instead.
+  sharded store are ~10x slower than whole shards, so it takes shards whole (memory-mapped
+  where the store allows, see `FeatureStore.shard_view`), in a seeded per-epoch shuffled
+  order with a background thread reading ahead, and shuffles samples inside a buffer of
+  several shards. `in_memory=True` (default: when the split takes under a quarter of the free
+  RAM) reads the split once and shuffles exactly instead.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class FmapLoader:
         # Hold the split in memory when it takes under a quarter of the free RAM.
         self.in_memory = in_memory if in_memory is not None else nbytes < _mem_available_bytes() // 4
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        # Labels are tiny: read once, not once per shard and epoch.
+        self._labels = store.read(split, "label")
 
     def __len__(self) -> int:
         n = self.store.num_samples(self.split)
@@ -126,7 +129,9 @@ class FmapLoader:
 
     def _read_shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         start, stop = self.store.shards(self.split)[shard]
-        return self.store.read(self.split, "fmap", start, stop), self.store.read(self.split, "label", start, stop)
+        view = self.store.shard_view(self.split, "fmap", shard)
+        fmap = view if view is not None else self.store.read_shard(self.split, "fmap", shard)
+        return fmap, self._labels[start:stop]
 
     def _batches(self, x: np.ndarray, y: np.ndarray, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(order), self.batch_size):
@@ -148,24 +153,50 @@ class FmapLoader:
         shards = list(range(len(self.store.shards(self.split))))
         if self.shuffle:
             shards = list(rng.permutation(shards))
-        # Samples left over after a buffer's full batches join the next buffer, so every
-        # batch but the last is full whatever the shard size.
-        carry_x: list[np.ndarray] = []
-        carry_y: list[np.ndarray] = []
-        pending = 0
+        # A buffer is a list of shard arrays (never concatenated: that would copy every sample
+        # once more); a batch gathers its samples straight from them. Samples left over after
+        # a buffer's full batches join the next buffer, so every batch but the last is full.
+        buf_x: list[np.ndarray] = []
+        buf_y: list[np.ndarray] = []
         for x, y in _read_ahead(shards, self._read_shard, depth=self.buffer_shards):
-            carry_x.append(x)
-            carry_y.append(y)
-            pending += 1
-            if pending < self.buffer_shards:
+            buf_x.append(x)
+            buf_y.append(y)
+            if len(buf_x) < self.buffer_shards:
                 continue
-            bx, by = np.concatenate(carry_x), np.concatenate(carry_y)
-            order = rng.permutation(len(by)) if self.shuffle else np.arange(len(by))
-            full = len(order) - len(order) % self.batch_size
-            yield from self._batches(bx, by, order[:full])
-            rest = order[full:]
-            carry_x, carry_y, pending = [bx[rest]], [by[rest]], 0
-        if carry_y and sum(len(c) for c in carry_y):
-            bx, by = np.concatenate(carry_x), np.concatenate(carry_y)
-            order = rng.permutation(len(by)) if self.shuffle else np.arange(len(by))
-            yield from self._batches(bx, by, order)
+            yield from self._drain(buf_x, buf_y, rng, keep_rest=True)
+        yield from self._drain(buf_x, buf_y, rng, keep_rest=False)
+
+    def _drain(
+        self, buf_x: list[np.ndarray], buf_y: list[np.ndarray], rng: np.random.Generator, *, keep_rest: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the buffer's batches; with keep_rest, leave the leftover samples in the buffer."""
+        sizes = np.array([len(y) for y in buf_y])
+        total = int(sizes.sum())
+        if total == 0:
+            return
+        source = np.repeat(np.arange(len(buf_y)), sizes)  # which array each sample is in
+        local = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # its row there
+        order = rng.permutation(total) if self.shuffle else np.arange(total)
+        full = total - total % self.batch_size if keep_rest else total
+        for start in range(0, full, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            # Group the batch's samples by the shard they sit in, so each group is one np.take
+            # straight into the batch (one copy per sample); order inside a batch is irrelevant.
+            idx = idx[np.argsort(source[idx], kind="stable")]
+            arrays, counts = np.unique(source[idx], return_counts=True)
+            x = np.empty((len(idx), *buf_x[0].shape[1:]), buf_x[0].dtype)
+            y = np.empty(len(idx), buf_y[0].dtype)
+            pos = 0
+            for a, count in zip(arrays, counts):
+                rows = local[idx[pos : pos + count]]
+                # mode="clip": with the default "raise", numpy buffers `out` (an extra copy).
+                np.take(buf_x[a], rows, axis=0, out=x[pos : pos + count], mode="clip")
+                y[pos : pos + count] = buf_y[a][rows]
+                pos += count
+            yield torch.from_numpy(x), torch.from_numpy(y)
+        rest = order[full:] if keep_rest else order[:0]
+        dtype = buf_y[0].dtype
+        buf_x[:] = [np.stack([buf_x[source[i]][local[i]] for i in rest])] if len(rest) else []
+        buf_y[:] = [np.array([buf_y[source[i]][local[i]] for i in rest], dtype)] if len(rest) else []
