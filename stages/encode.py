@@ -6,36 +6,19 @@ Several processes: `torchrun --nproc_per_node N -m stages.encode`.
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from pathlib import Path
-
-from pipeline.backbones.load import load_for_params
-from pipeline.config import load_params_or_exit
-from pipeline.distributed import close_world, init_world
+from pipeline.config import Params
 from pipeline.encode import run_encode
-from pipeline.stage_errors import USER_ERRORS
+from pipeline.store import FeatureStore
+from stages._backbone_stage import run_backbone_stage
+
+
+def _report(params: Params, store: FeatureStore, seconds: float) -> str:
+    shapes = {s: store.array(s, "latents").shape for s in store.splits()}
+    return f"encoded {params.dataset} with {params.model}: {shapes} in {seconds:.1f} s → {store.path}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.encode", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params_or_exit(args.params)
-    world = init_world()
-    start = time.perf_counter()
-    try:
-        backbone = load_for_params(params, Path("."), device=world.local_device)
-        store = run_encode(params, backbone, rank=world.rank, world=world.size, barrier=world.barrier)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        close_world()
-    if store is not None:
-        shapes = {s: store.array(s, "latents").shape for s in store.splits()}
-        print(f"encoded {params.dataset} with {params.model}: {shapes} in {time.perf_counter() - start:.1f} s → {store.path}")
+    run_backbone_stage("python -m stages.encode", __doc__.splitlines()[0], run_encode, _report, argv)
 
 
 if __name__ == "__main__":
