@@ -221,3 +221,28 @@ def test_zero_steps_saves_the_initialisation(digits, tmp_path):
     init = build_unet(params.model_train, seed=params.model_train.seed)
     for (name, a), b in zip(saved.state_dict().items(), init.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_trained_model_loads_through_the_adapter(baseline):
+    # The pipeline reads the model through its backbone adapter: the same weights, the same
+    # outputs, and taps equal to what a hook on the in-memory model's forward records.
+    from pipeline.backbones.load import load_backbone
+
+    result, root = baseline
+    backbone = load_backbone("fmnist-ddpm", model_path=root / "fmnist-ddpm", device="cpu", dtype=torch.float32)
+    _assert_identical(backbone.denoiser, result.unet)
+    assert backbone.layer_names() == ["bottleneck", "up_ft0", "up_ft1"]
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1
+    noise = torch.randn(3, 1, 16, 16, generator=g)
+    # batch_invariant=False: the same batch of 3 as the reference forward, so equality is exact.
+    taps = backbone.taps(x0, 100, backbone.null_conditioning(), ["up_ft0"], noise, batch_invariant=False)
+    seen = {}
+    hook = result.unet.up_blocks[0].register_forward_hook(lambda m, a, out: seen.update(up_ft0=out))
+    with torch.no_grad():
+        x_t = backbone.add_noise(x0, 100, noise)
+        expected_eps = result.unet(x_t, torch.full((3,), 100)).sample
+        hook.remove()
+        got_eps = backbone.denoiser(x_t, torch.full((3,), 100)).sample
+    assert torch.equal(got_eps, expected_eps)
+    assert torch.equal(taps["up_ft0"], seen["up_ft0"])
