@@ -106,6 +106,25 @@ def _load_vae(weights: ResolvedWeights, device: torch.device, dtype: torch.dtype
     )
 
 
+def _text_parts(
+    weights: ResolvedWeights, device: torch.device, dtype: torch.dtype, encoder_class: str
+) -> Callable[[], tuple[Any, Any]]:
+    """Tokenizer + text encoder (a transformers class by name), loaded on first use only:
+    runs that never encode a prompt never pay for the encoder."""
+
+    @lazy
+    def parts() -> tuple[Any, Any]:
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(weights.path, subfolder=weights.subfolder("tokenizer"))
+        encoder = getattr(transformers, encoder_class).from_pretrained(
+            weights.path, subfolder=weights.subfolder("text_encoder"), dtype=dtype
+        )
+        return tokenizer, encoder.to(device).eval()
+
+    return parts
+
+
 def _clip_text(weights: ResolvedWeights, device: torch.device, dtype: torch.dtype) -> TextEncoder:
     """Prompt → CLIP text-encoder last hidden state, padded to the tokenizer's max length.
 
@@ -113,19 +132,7 @@ def _clip_text(weights: ResolvedWeights, device: torch.device, dtype: torch.dtyp
     converted OpenCLIP encoder already drops its last layer in its config).
     """
 
-    @lazy
-    def parts() -> tuple[Any, Any]:
-        from transformers import AutoTokenizer, CLIPTextModel
-
-        tokenizer = AutoTokenizer.from_pretrained(weights.path, subfolder=weights.subfolder("tokenizer"))
-        encoder = (
-            CLIPTextModel.from_pretrained(
-                weights.path, subfolder=weights.subfolder("text_encoder"), dtype=dtype
-            )
-            .to(device)
-            .eval()
-        )
-        return tokenizer, encoder
+    parts = _text_parts(weights, device, dtype, "CLIPTextModel")
 
     def encode(texts: Sequence[str]) -> torch.Tensor:
         tokenizer, encoder = parts()
@@ -151,19 +158,7 @@ def _t5_text(weights: ResolvedWeights, device: torch.device, dtype: torch.dtype)
     optional bs4/ftfy caption cleaning (our prompts are short templates without markup).
     """
 
-    @lazy
-    def parts() -> tuple[Any, Any]:
-        from transformers import AutoTokenizer, T5EncoderModel
-
-        tokenizer = AutoTokenizer.from_pretrained(weights.path, subfolder=weights.subfolder("tokenizer"))
-        encoder = (
-            T5EncoderModel.from_pretrained(
-                weights.path, subfolder=weights.subfolder("text_encoder"), dtype=dtype
-            )
-            .to(device)
-            .eval()
-        )
-        return tokenizer, encoder
+    parts = _text_parts(weights, device, dtype, "T5EncoderModel")
 
     def encode(texts: Sequence[str]) -> torch.Tensor:
         tokenizer, encoder = parts()
