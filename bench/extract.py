@@ -135,8 +135,11 @@ def bench_loader(samples: int, channels: int, side: int, batch: int, repeats: in
         for j, (a, b) in enumerate(store.shards("train")):
             store.write_shard("train", j, {"fmap": fmap[a:b], "label": labels[a:b]})
 
+        # One loader object for all epochs, as a training loop uses it.
+        stream_loader = FmapLoader(store, "train", batch, shuffle=True, seed=0, in_memory=False)
+
         def from_store() -> None:
-            for x, y in FmapLoader(store, "train", batch, shuffle=True, seed=0, in_memory=False):
+            for x, y in stream_loader:
                 x.float()  # what a training step does first
 
         def from_store_in_memory() -> None:
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--layer", default="up_ft1")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--loader-samples", type=int, default=2048)
+    parser.add_argument("--loader-samples", type=int, default=4096)
     parser.add_argument("--loader-channels", type=int, default=1280)
     parser.add_argument("--loader-side", type=int, default=16)
     parser.add_argument("--skip-key", action="store_true", help="only the loader benchmark")

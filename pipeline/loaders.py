@@ -114,6 +114,7 @@ class FmapLoader:
         # Hold the split in memory when it takes under a quarter of the free RAM.
         self.in_memory = in_memory if in_memory is not None else nbytes < _mem_available_bytes() // 4
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._views: dict[int, np.ndarray] = {}
         # Labels are tiny: read once, not once per shard and epoch.
         self._labels = store.read(split, "label")
 
@@ -129,7 +130,13 @@ class FmapLoader:
 
     def _read_shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         start, stop = self.store.shards(self.split)[shard]
-        view = self.store.shard_view(self.split, "fmap", shard)
+        # Maps are kept across epochs: they cost address space, not memory (the pages belong to
+        # the page cache), and re-mapping would fault every page in again each epoch.
+        view = self._views.get(shard)
+        if view is None:
+            view = self.store.shard_view(self.split, "fmap", shard)
+            if view is not None:
+                self._views[shard] = view
         fmap = view if view is not None else self.store.read_shard(self.split, "fmap", shard)
         return fmap, self._labels[start:stop]
 
