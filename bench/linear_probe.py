@@ -31,12 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stores", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    first = open_store(args.stores[0])
     latents = open_store(args.stores[0].parents[1] / "latents.zarr")
     flat = {s: latents.read(s, "latents").reshape(latents.num_samples(s), -1) for s in ("train", "test")}
     base = probe(flat["train"], latents.read("train", "label"), flat["test"], latents.read("test", "label"))
     print(f"raw model input ({flat['train'].shape[1]} values): top-1 {base:.4f}")
-    del first
     for path in args.stores:
         store = open_store(path)
         acc = probe(

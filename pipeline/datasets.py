@@ -283,6 +283,16 @@ def _torchvision(make: Callable[[], Any], dataset: str, folder: Path, layout: st
 # ----------------------------------------------------------------------------- adapters
 
 
+def _trainval_test(
+    make: Callable[[str], object], dataset: str, folder: Path, layout: str, download: bool
+) -> dict[str, Any]:
+    """Our train/test from torchvision's official "trainval"/"test" splits."""
+    return {
+        split: _torchvision(lambda s=tv_split: make(s), dataset, folder, layout, download)
+        for split, tv_split in (("train", "trainval"), ("test", "test"))
+    }
+
+
 def _oxford_pets(params: Params, root: Path) -> Source:
     from torchvision.datasets import OxfordIIITPet
 
@@ -294,18 +304,13 @@ def _oxford_pets(params: Params, root: Path) -> Source:
         "(images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/, "
         f"extracted into {folder}/oxford-iiit-pet/)"
     )
-    parts = {
-        split: _torchvision(
-            lambda s=tv_split: OxfordIIITPet(
-                folder, split=s, target_types="category", download=params.data.download
-            ),
-            "oxford_pets",
-            folder,
-            layout,
-            params.data.download,
-        )
-        for split, tv_split in (("train", "trainval"), ("test", "test"))
-    }
+    parts = _trainval_test(
+        lambda split: OxfordIIITPet(folder, split=split, target_types="category", download=params.data.download),
+        "oxford_pets",
+        folder,
+        layout,
+        params.data.download,
+    )
     # torchvision derives class names from the ids in each split file; trainval holds all 37.
     classes = list(parts["train"].classes)
     items: list[SourceItem] = []
@@ -342,18 +347,13 @@ def _fgvc_aircraft(params: Params, root: Path) -> Source:
         f"  {data}/images/<image id>.jpg\n"
         f"(fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/, extracted into {folder}/)"
     )
-    parts = {
-        split: _torchvision(
-            lambda s=tv_split: FGVCAircraft(
-                folder, split=s, annotation_level="variant", download=params.data.download
-            ),
-            "fgvc_aircraft",
-            folder,
-            layout,
-            params.data.download,
-        )
-        for split, tv_split in (("train", "trainval"), ("test", "test"))
-    }
+    parts = _trainval_test(
+        lambda split: FGVCAircraft(folder, split=split, annotation_level="variant", download=params.data.download),
+        "fgvc_aircraft",
+        folder,
+        layout,
+        params.data.download,
+    )
     classes = list(parts["train"].classes)  # variants.txt, the same file for both splits
     items = [
         SourceItem(

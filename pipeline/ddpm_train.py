@@ -30,7 +30,6 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from pipeline.config import ModelTrainParams, Params
+from pipeline.devices import resolve_device, resolve_dtype
 
 # Steps between checkpoints: at ~0.8 s/step on 2 CPU cores an interruption loses < 1.5 min,
 # while writing the ~50 MB state (model, EMA, two Adam moments) stays well under 1% of the time.
@@ -107,55 +107,20 @@ class _FitState:
 # --------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): then autocast pays off.
-
-    Without either, CPU bf16 autocast is emulated and slower than fp32.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, stay with fp32
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"amx_bf16", "avx512_bf16"})
-    return False
-
-
-def _resolve_device(device: str) -> torch.device:
-    # Private until pipeline.devices exists; the lead unifies the resolvers.
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model_train.device = 'cuda' but no CUDA device is available; use auto or cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("model_train.device = 'mps' but MPS is not available; use auto or cpu")
-    return torch.device(device)
-
-
 def _resolve_amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. Weights and optimizer state stay fp32."""
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and _cpu_has_bf16():
-            return torch.bfloat16
-        return None
-    if dtype == "fp32":
-        return None
-    if dtype == "bf16":
-        return torch.bfloat16
-    if device.type != "cuda":
+    """The autocast dtype (pipeline.devices' choice), or None for plain fp32.
+
+    Weights and optimizer state stay fp32. fp16 autocast needs CUDA's grad scaler, so it is
+    refused elsewhere, and `auto` on MPS (fp16 there) trains in fp32.
+    """
+    if dtype == "fp16" and device.type != "cuda":
         raise ValueError(
             f"model_train.dtype = 'fp16' is only supported on CUDA (device is {device.type}); use bf16 or fp32"
         )
-    return torch.float16
+    resolved = resolve_dtype(dtype, device)
+    if resolved == torch.float32 or (resolved == torch.float16 and device.type != "cuda"):
+        return None
+    return resolved
 
 
 def _dtype_name(amp: torch.dtype | None) -> str:
@@ -455,7 +420,7 @@ def train(
     lets a caller or a test interrupt a run at an exact step.
     """
     mt = params.model_train
-    device = _resolve_device(mt.device)
+    device = resolve_device(mt.device)
     amp = _resolve_amp_dtype(mt.dtype, device)
     train_u8, _ = _load_splits(params, images)
     st = _fit(
@@ -565,7 +530,7 @@ def train_and_save(
     wall0 = time.perf_counter()
     out_dir, reports_dir = Path(out_dir), Path(reports_dir)
     mt = params.model_train
-    device = _resolve_device(mt.device)
+    device = resolve_device(mt.device)
     amp = _resolve_amp_dtype(mt.dtype, device)
     train_u8, held_u8 = _load_splits(params, images)
     train_x = prepare_images(train_u8, mt.image_size)

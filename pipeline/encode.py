@@ -95,7 +95,7 @@ def latents_provenance(params: Params, root: Path, dtype: torch.dtype) -> dict[s
     }
 
 
-def _load_view(sample: Sample, image_size: int, seed: int) -> torch.Tensor:
+def load_view(sample: Sample, image_size: int, seed: int) -> torch.Tensor:
     return make_view(load_image(sample.path), image_size, seed=seed, index=sample.index, view=sample.view)
 
 
@@ -107,15 +107,16 @@ class _ViewDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return _load_view(self.samples[i], self.image_size, self.seed)
+        return load_view(self.samples[i], self.image_size, self.seed)
 
 
-def load_views(samples: Sequence[Sample], image_size: int, seed: int, num_workers: int) -> torch.Tensor:
-    """(len(samples), 3, S, S) in [-1, 1]; decoded by `num_workers` DataLoader workers."""
-    loader = torch.utils.data.DataLoader(
-        _ViewDataset(samples, image_size, seed), batch_size=len(samples), num_workers=num_workers
+def view_batches(
+    samples: Sequence[Sample], image_size: int, seed: int, batch_size: int, num_workers: int
+) -> torch.utils.data.DataLoader:
+    """Batches (B, 3, S, S) in [-1, 1] of `samples` in order, decoded by `num_workers` workers."""
+    return torch.utils.data.DataLoader(
+        _ViewDataset(samples, image_size, seed), batch_size=batch_size, num_workers=num_workers
     )
-    return next(iter(loader))
 
 
 class BackgroundWriter:
@@ -171,6 +172,25 @@ def fill_store(
         writer.close()
 
 
+def fill_and_publish(
+    store: FeatureStore,
+    final: Path,
+    samples: dict[str, list[Sample]],
+    compute: Callable[[str, list[Sample], int, int], dict[str, np.ndarray]],
+    *,
+    rank: int,
+    world: int,
+    barrier: Callable[[], None],
+    desc: str,
+) -> FeatureStore | None:
+    """Fill this rank's shards, wait for every rank, then rank 0 publishes (others get None)."""
+    fill_store(store, samples, compute, rank=rank, world=world, desc=desc)
+    barrier()
+    if rank != 0:
+        return None
+    return publish(store, final)
+
+
 def no_barrier() -> None:
     pass
 
@@ -208,7 +228,7 @@ def run_encode(
     provenance = latents_provenance(params, root, backbone.dtype)
     size, seed = params.data.image_size, params.extract.seed
     first = next(s for split in samples.values() for s in split)
-    probe = backbone.encode(_load_view(first, size, seed)[None])
+    probe = backbone.encode(load_view(first, size, seed)[None])
     sample_shape = tuple(probe.shape[1:])
     arrays = [
         ArraySpec("latents", sample_shape, "float32"),
@@ -222,11 +242,10 @@ def run_encode(
     store = staged_store(final, provenance, sizes, arrays, shard, root, rank, barrier)
 
     def compute(split: str, chunk: list[Sample], start: int, stop: int) -> dict[str, np.ndarray]:
-        latents = []
-        for b in range(0, len(chunk), params.extract.batch_size):
-            part = chunk[b : b + params.extract.batch_size]
-            images = load_views(part, size, seed, params.extract.num_workers)
-            latents.append(backbone.encode(images, batch_invariant=params.extract.batch_invariant).float().cpu())
+        batches = view_batches(chunk, size, seed, params.extract.batch_size, params.extract.num_workers)
+        latents = [
+            backbone.encode(images, batch_invariant=params.extract.batch_invariant).float().cpu() for images in batches
+        ]
         return {
             "latents": torch.cat(latents).numpy(),
             "label": np.array([s.label for s in chunk], np.int64),
@@ -234,8 +253,5 @@ def run_encode(
             "view": np.array([s.view for s in chunk], np.int16),
         }
 
-    fill_store(store, samples, compute, rank=rank, world=world, desc=f"encode {params.dataset}/{params.model}")
-    barrier()
-    if rank != 0:
-        return None
-    return publish(store, final)
+    desc = f"encode {params.dataset}/{params.model}"
+    return fill_and_publish(store, final, samples, compute, rank=rank, world=world, barrier=barrier, desc=desc)

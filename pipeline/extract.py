@@ -30,16 +30,16 @@ from pipeline.datasets import read_classes
 from pipeline.encode import (
     STAGING,
     Sample,
-    _load_view,
-    fill_store,
+    fill_and_publish,
     latents_provenance,
+    load_view,
     no_barrier,
     samples_by_split,
     shard_size_for,
     staged_store,
 )
 from pipeline.paths import features_store, latents_store
-from pipeline.store import ArraySpec, FeatureStore, open_store, provenance_hash, publish
+from pipeline.store import ArraySpec, FeatureStore, open_store, provenance_hash
 
 CLIP_IMAGE_SIZE = 224
 
@@ -81,7 +81,7 @@ def clip_choices(params: Params, backbone: Backbone, samples: dict[str, list[Sam
     clip = load_clip(params.extract.clip_model, device=backbone.device)
     out: dict[str, Any] = {"clip_model": params.extract.clip_model, "predicted": {}, "top1": {}}
     for split, items in samples.items():
-        images = torch.stack([_load_view(s, CLIP_IMAGE_SIZE, params.extract.seed) for s in items])
+        images = torch.stack([load_view(s, CLIP_IMAGE_SIZE, params.extract.seed) for s in items])
         labels = [s.label for s in items]
         zs = clip_zero_shot(clip, images, classes, params.domain, labels=labels if min(labels) >= 0 else None)
         out["predicted"][split] = zs.predicted.tolist()
@@ -118,10 +118,8 @@ def run_extract(
         choices = None
         cond = run_conditioning(backbone, params.prompt, params.domain, params.extract.generic_prompt)
 
-    def taps_for(split: str, start: int, stop: int) -> torch.Tensor:
+    def taps_for(split: str, start: int, stop: int, index: list[int], view: list[int]) -> torch.Tensor:
         x0 = torch.from_numpy(latents.read(split, "latents", start, stop))
-        index = latents.read(split, "index", start, stop).tolist()
-        view = latents.read(split, "view", start, stop).tolist()
         outs = []
         bs = params.extract.batch_size
         for b in range(0, stop - start, bs):
@@ -145,7 +143,7 @@ def run_extract(
 
     # Probe one sample for the tap's shape (cheap: early exit at the layer).
     first_split = latents.splits()[0]
-    probe = taps_for(first_split, 0, 1)
+    probe = taps_for(first_split, 0, 1, latents.read(first_split, "index", 0, 1).tolist(), [0])
     channels, height, width = probe.shape[1:]
     arrays = [ArraySpec("pooled", (channels,), "float32", compress=True)]
     if params.extract.fmap:
@@ -164,23 +162,16 @@ def run_extract(
     store = staged_store(final, provenance, sizes, arrays, shard, root, rank, barrier)
 
     def compute(split: str, chunk: list[Sample], start: int, stop: int) -> dict[str, np.ndarray]:
-        taps = taps_for(split, start, stop).float()
-        out = {
-            # Mean in fp32 over the fp32 taps (not the fp16 copy), as the authors pooled.
-            "pooled": taps.mean(dim=(2, 3)).numpy(),
-            "label": latents.read(split, "label", start, stop),
-            "index": latents.read(split, "index", start, stop),
-            "view": latents.read(split, "view", start, stop),
-        }
+        # The sample metadata is read once and serves both the noise seeds and the store.
+        meta = {name: latents.read(split, name, start, stop) for name in ("label", "index", "view")}
+        taps = taps_for(split, start, stop, meta["index"].tolist(), meta["view"].tolist()).float()
+        # Mean in fp32 over the fp32 taps (not the fp16 copy), as the authors pooled.
+        out = {"pooled": taps.mean(dim=(2, 3)).numpy(), **meta}
         if params.extract.fmap:
             out["fmap"] = taps.to(torch.float16).numpy()
         if choices is not None:
             out["clip_class"] = np.asarray(choices["predicted"][split][start:stop], np.int64)
         return out
 
-    fill_store(store, samples, compute, rank=rank, world=world, desc=f"extract {params.layer} t={params.t}")
-    barrier()
-    if rank != 0:
-        return None
-    return publish(store, final)
-
+    desc = f"extract {params.layer} t={params.t}"
+    return fill_and_publish(store, final, samples, compute, rank=rank, world=world, barrier=barrier, desc=desc)
