@@ -144,18 +144,28 @@ class ExtractParams(_Group):
 
 
 class SaeParams(_Group):
+    # Latents = expansion x d (the paper: 64, k = 32).
     expansion: int = Field(64, ge=1)
     k: int = Field(32, ge=1)
     lr: float = Field(4e-4, gt=0.0)
     warmup_steps: int = Field(500, ge=0)
-    batch_size: int = Field(4096, ge=1)
-    num_samples: int = Field(2_000_000, ge=1)
+    batch_size: int = Field(8192, ge=1)
+    # Training samples in all (the paper: 83,886,080 at batch 8192 = 10,240 steps).
+    num_samples: int = Field(83_886_080, ge=1)
     b_pre_init: Literal["mean", "geometric_median"] = "mean"
+    # transpose: decoder = normalised encoder copy (OpenAI, sparsify); independent: authors' code.
+    decoder_init: Literal["transpose", "independent"] = "transpose"
+    # AuxK loss weight on dead latents (0 = the paper; OpenAI uses 1/32) and its k.
     auxk_alpha: float = Field(0.0, ge=0.0)
     auxk_k: int = Field(256, ge=1)
-    dead_window: int = Field(1_000_000, ge=1)
+    # A latent is dead when it has not fired in this many training samples.
+    dead_window: int = Field(10_000_000, ge=1)
+    # Most activating train images kept per latent (eval/render use the first few).
+    top_images: int = Field(16, ge=1)
     seed: int = Field(0, ge=0)
     device: Device = "auto"
+    # Precision of the TopK selection matmul (values and training stay fp32); auto = bf16
+    # where the hardware multiplies it natively.
     dtype: DType = "auto"
 
 
@@ -230,6 +240,12 @@ class Params(_Group):
                 f"prompt = {self.prompt!r} is invalid for model {self.model}, which takes no text "
                 f"conditioning: use prompt: empty"
             )
+        for key, wanted in (("eval.top_images", self.eval.top_images), ("render.top_images", self.render.top_images)):
+            if wanted > self.sae.top_images:
+                raise ValueError(
+                    f"{key} = {wanted} exceeds sae.top_images = {self.sae.top_images}, the top images "
+                    f"fit_sae keeps per latent: raise sae.top_images"
+                )
         if self.dataset in ("imagefolder", "unrel") and not self.data.path:
             raise ValueError(f"data.path is required for dataset {self.dataset}: set it to the image folder")
         return self

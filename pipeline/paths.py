@@ -32,5 +32,13 @@ def features_store(dataset: str, model: str, layer: str, t: int, root: Path = Pa
     return root / "features" / dataset / model / layer / f"t{t}.zarr"
 
 
+def sae_dir(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
+    return root / "models" / "sae" / dataset / model / layer / f"t{t}"
+
+
+def sae_curve(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
+    return root / "reports" / "sae" / dataset / model / layer / f"t{t}.csv"
+
+
 def reports_dir(root: Path = Path(".")) -> Path:
     return root / "reports"

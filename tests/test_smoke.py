@@ -42,6 +42,10 @@ SMOKE_PARAMS = {
         "dtype": "fp32",
     },
     "extract": {"batch_size": 8, "dtype": "fp32", "shard_size": 16},
+    "sae": {"expansion": 4, "k": 4, "batch_size": 32, "num_samples": 320, "warmup_steps": 2, "top_images": 5,
+            "dtype": "fp32"},
+    "eval": {"top_images": 5},
+    "render": {"top_images": 5},
 }
 
 
@@ -117,20 +121,49 @@ def test_encode_and_extract_outputs(smoke_repo: Path) -> None:
     np.testing.assert_array_equal(feats.read("train", "label"), latents.read("train", "label"))
 
 
+def test_fit_sae_outputs(smoke_repo: Path) -> None:
+    out = smoke_repo / "models/sae/digits/fmnist-ddpm/up_ft0/t25"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["k"] == 4 and metrics["steps"] == 10
+    assert metrics["train"]["l0"] == 4 and metrics["test"]["l0"] == 4
+    assert 0 < metrics["train"]["fvu"] < 1.5
+    assert (out / "sae.safetensors").is_file() and (out / "codes.safetensors").is_file()
+    curve = list(csv.DictReader((smoke_repo / "reports/sae/digits/fmnist-ddpm/up_ft0/t25.csv").open()))
+    assert len(curve) == 10 and curve[-1]["samples"] == "320"
+
+
+def _ran(proc: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+
+
+def test_sae_param_reruns_fit_sae_only(smoke_repo: Path) -> None:
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["sae"]["k"] = 2
+    (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = _dvc(smoke_repo, "repro")
+        assert _ran(proc) == {"fit_sae"}, proc.stdout
+        metrics = json.loads((smoke_repo / "models/sae/digits/fmnist-ddpm/up_ft0/t25/metrics.json").read_text())
+        assert metrics["k"] == 2
+    finally:
+        params["sae"]["k"] = 4
+        (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _dvc(smoke_repo, "repro")
+
+
 def test_second_repro_runs_nothing(smoke_repo: Path) -> None:
     proc = _dvc(smoke_repo, "repro")
     assert "Running stage" not in proc.stdout, proc.stdout
     assert "up to date" in proc.stdout.lower()
 
 
-def test_new_layer_reruns_extract_only(smoke_repo: Path) -> None:
+def test_new_layer_reruns_extract_and_downstream(smoke_repo: Path) -> None:
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     params["layer"] = "bottleneck"
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = _dvc(smoke_repo, "repro")
-        ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-        assert ran == {"extract"}, proc.stdout
+        assert _ran(proc) == {"extract", "fit_sae"}, proc.stdout
         assert (smoke_repo / "features/digits/fmnist-ddpm/bottleneck/t25.zarr/zarr.json").is_file()
         # Back to the first key: DVC's run cache restores it without running anything.
         params["layer"] = "up_ft0"
