@@ -21,14 +21,19 @@ app = typer.Typer(
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file to read.")
 
 
-@app.command()
-def check(params: Path = ParamsOpt) -> None:
-    """Validate the parameters file and print the resolved key (dataset, model, layer, t)."""
+def _params_or_exit(path: Path):
+    """The validated params, or the one-line config error and exit status 2."""
     try:
-        p = load_params(params)
+        return load_params(path)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def check(params: Path = ParamsOpt) -> None:
+    """Validate the parameters file and print the resolved key (dataset, model, layer, t)."""
+    p = _params_or_exit(params)
     typer.echo(f"{params}: ok — dataset={p.dataset} model={p.model} layer={p.layer} t={p.t} prompt={p.prompt}")
 
 
@@ -38,11 +43,7 @@ def show_params(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
 ) -> None:
     """Print every parameter with its default filled in."""
-    try:
-        p = load_params(params)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    p = _params_or_exit(params)
     data = p.model_dump(mode="json")
     typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
 
@@ -170,6 +171,83 @@ def features_show(
                 f"  {name} ({v['dim']} values): mean {v['mean']:.4g} std {v['std']:.4g} "
                 f"min {v['min']:.4g} max {v['max']:.4g} |x| {v['l2']:.4g}\n    top: {top}"
             )
+
+
+@app.command()
+def classify(
+    images: list[Path] = typer.Argument(..., help="Image files to classify."),
+    params: Path = ParamsOpt,
+    diffc: Path | None = typer.Option(
+        None, "--diffc", help="A fitted Diff-C folder (default: models/diffc/<dataset>/<model>/<layer>/t<t>)."
+    ),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="Classes to print per image."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, mps (default: extract.device)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Top classes per image: backbone features at the Diff-C's (layer, t), then Diff-C."""
+    from pipeline.classify import classify as run, load_classifier
+    from pipeline.paths import diffc_dir
+    from pipeline.stage_errors import USER_ERRORS
+
+    p = _params_or_exit(params)
+    folder = diffc or diffc_dir(p.dataset, p.model, p.layer, p.t)
+    if not (folder / "config.json").is_file():
+        _fail(FileNotFoundError(f"{folder}: no fitted Diff-C here (run `dvc repro fit_diffc`, or pass --diffc)"))
+    missing = [str(i) for i in images if not i.is_file()]
+    if missing:
+        _fail(FileNotFoundError(f"no such image file: {', '.join(missing)}"))
+    try:
+        clf = load_classifier(p, folder, device=device)
+        preds = run(clf, images, k=top)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps([{**pr.__dict__, "path": str(pr.path)} for pr in preds], indent=2))
+        return
+    for pr in preds:
+        ranked = ", ".join(f"{c} {100 * q:.1f}%" for c, q in zip(pr.classes, pr.probs))
+        typer.echo(f"{pr.path}: {ranked}  ({pr.seconds:.2f} s)")
+
+
+@app.command()
+def compare(
+    folders: list[Path] = typer.Argument(
+        None, help="Result folders (each with params.yaml and reports/metrics.json); default: this repo's DVC experiments."
+    ),
+    out: Path | None = typer.Option(
+        Path("reports/compare"), "--out", help="Write each table as Markdown and CSV here ('' to skip)."
+    ),
+    all_commits: bool = typer.Option(False, "--all-commits", help="Experiments of every commit, not just HEAD's."),
+) -> None:
+    """The paper's tables (by layer, timestep, model, prompt) for whatever was run, with the
+    paper's own numbers beside matching configurations."""
+    from pipeline.compare import records_from_exp_show, records_from_folders, table_name, tables, to_csv, to_markdown
+
+    try:
+        if folders:
+            records = records_from_folders(folders)
+        else:
+            import dvc.api
+
+            rows = dvc.api.exp_show(num=10_000 if all_commits else 1)
+            records = records_from_exp_show(rows)
+    except FileNotFoundError as exc:
+        _fail(exc)
+    found = tables(records)
+    if not found:
+        typer.echo(
+            f"{len(records)} evaluated run(s), but no two differ in only one of dataset/model/layer/t/prompt: "
+            "nothing to compare (queue a sweep: see the README)"
+        )
+        return
+    for table in found:
+        typer.echo(to_markdown(table))
+        if out and str(out):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{table_name(table)}.md").write_text(to_markdown(table))
+            (out / f"{table_name(table)}.csv").write_text(to_csv(table))
+    if out and str(out):
+        typer.echo(f"{len(found)} table(s) written to {out}/")
 
 
 if __name__ == "__main__":

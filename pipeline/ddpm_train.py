@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import ModelTrainParams, Params
 from pipeline.devices import resolve_device, resolve_dtype
+from pipeline.paths import checkpoint_dir
 
 # Steps between checkpoints: at ~0.8 s/step on 2 CPU cores an interruption loses < 1.5 min,
 # while writing the ~50 MB state (model, EMA, two Adam moments) stays well under 1% of the time.
@@ -227,12 +228,6 @@ def _fingerprint(params: Params, train_images: np.ndarray) -> str:
     h.update(str(train_images.shape).encode())
     h.update(np.ascontiguousarray(train_images).data)
     return h.hexdigest()
-
-
-def checkpoint_dir(out_dir: Path) -> Path:
-    """Beside `out_dir`, not in it: DVC removes a stage's outputs before it runs the stage."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / f".{out_dir.name}.ckpt"
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ and the training curve `reports/sae/<dataset>/<model>/<layer>/t<t>.csv` (a DVC p
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -25,18 +24,14 @@ import torch
 from safetensors.numpy import save_file
 
 from pipeline.config import Params, SaeParams
+from pipeline.curves import write_curve
 from pipeline.devices import resolve_device, resolve_dtype
 from pipeline.loaders import load_pooled
-from pipeline.paths import features_store, sae_curve, sae_dir
+from pipeline.paths import checkpoint_dir, features_store, sae_curve, sae_dir
 from pipeline.sae import SaeConfig, save_sae
 from pipeline.sae_codes import SplitScan, scan_split
 from pipeline.sae_train import CURVE_FIELDS, SaeFit, dead_window, train_sae
 from pipeline.store import StoreError, open_store, provenance_hash
-
-
-def checkpoint_dir(out_dir: Path) -> Path:
-    """Beside `out_dir`, not in it: DVC removes a stage's outputs before it runs the stage."""
-    return out_dir.parent / f".{out_dir.name}.ckpt"
 
 
 def _split_metrics(scan: SplitScan) -> dict[str, Any]:
@@ -71,15 +66,6 @@ def sae_metrics(fit: SaeFit, train: SplitScan, test: SplitScan | None, hp: SaePa
         # On test "dead" can only mean: fires on none of its samples.
         out["test"]["dead_pct"] = out["test"]["unused_pct"]
     return out
-
-
-def write_curve(path: Path, curve: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
-        writer.writeheader()
-        for row in curve:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def run_fit_sae(params: Params, root: Path = Path("."), *, progress: bool = True) -> dict[str, Any]:
@@ -155,6 +141,6 @@ def run_fit_sae(params: Params, root: Path = Path("."), *, progress: bool = True
     save_file({k: np.ascontiguousarray(v) for k, v in codes.items()}, str(tmp / "codes.safetensors"))
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     os.replace(tmp, out_dir)
-    write_curve(sae_curve(params.dataset, params.model, params.layer, params.t, root), fit.curve)
+    write_curve(sae_curve(params.dataset, params.model, params.layer, params.t, root), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
     return metrics

@@ -40,5 +40,25 @@ def sae_curve(dataset: str, model: str, layer: str, t: int, root: Path = Path(".
     return root / "reports" / "sae" / dataset / model / layer / f"t{t}.csv"
 
 
+def diffc_dir(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
+    return root / "models" / "diffc" / dataset / model / layer / f"t{t}"
+
+
+def diffc_curve(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
+    return root / "reports" / "diffc" / dataset / model / layer / f"t{t}.csv"
+
+
+def metrics_path(root: Path = Path(".")) -> Path:
+    """The evaluate stage's DVC metrics file for the current key."""
+    return root / "reports" / "metrics.json"
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    """Where a stage keeps its resumable checkpoint: beside its output `out_dir`, not in it
+    (DVC removes a stage's outputs before it runs the stage)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.ckpt"
+
+
 def reports_dir(root: Path = Path(".")) -> Path:
     return root / "reports"

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.config import SaeParams
 from pipeline.sae import KSae, SaeConfig, init_b_pre
 
@@ -136,36 +135,26 @@ def _new_state(cfg: SaeConfig, hp: SaeParams, x: torch.Tensor) -> _State:
 
 
 def _save_checkpoint(st: _State, ckpt: Path, fp: str) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    state = {
-        "fingerprint": fp,
-        "step": st.step,
-        "train_seconds": st.train_seconds,
-        "model": st.model.state_dict(),
-        "optimizer": st.optimizer.state_dict(),
-        "schedule": st.schedule.state_dict(),
-        "since_fired": st.since_fired,
-        "ever_fired": st.ever_fired,
-        "curve": json.dumps(st.curve),
-    }
-    # Write then rename: a kill during the write leaves the previous checkpoint intact.
-    tmp = ckpt / "state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt / "state.pt")
+    save_checkpoint(
+        {
+            "version": _CKPT_VERSION,
+            "fingerprint": fp,
+            "step": st.step,
+            "train_seconds": st.train_seconds,
+            "model": st.model.state_dict(),
+            "optimizer": st.optimizer.state_dict(),
+            "schedule": st.schedule.state_dict(),
+            "since_fired": st.since_fired,
+            "ever_fired": st.ever_fired,
+            "curve": json.dumps(st.curve),
+        },
+        ckpt,
+    )
 
 
 def _try_resume(st: _State, ckpt: Path, fp: str) -> bool:
-    path = ckpt / "state.pt"
-    if not path.exists():
-        return False
-    device = st.since_fired.device
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        print(f"ignoring unreadable checkpoint {path}: {exc}")
-        return False
-    if state.get("fingerprint") != fp:
-        print(f"ignoring checkpoint {path}: it was made with other sae params or features")
+    state = load_checkpoint(ckpt, fp, st.since_fired.device, what="k-SAE", version=_CKPT_VERSION)
+    if state is None:
         return False
     st.model.load_state_dict(state["model"])
     st.optimizer.load_state_dict(state["optimizer"])

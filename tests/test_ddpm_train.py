@@ -19,7 +19,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline.config import ConfigError, ModelTrainParams, Params, parse_params
-from pipeline.ddpm_train import checkpoint_dir, prepare_images, train, train_and_save
+from pipeline.ddpm_train import prepare_images, train, train_and_save
+from pipeline.paths import checkpoint_dir
 
 STEPS = 60
 

@@ -10,8 +10,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from pipeline.config import parse_params
-from pipeline.fit_sae import checkpoint_dir, run_fit_sae
-from pipeline.paths import features_store, sae_curve, sae_dir
+from pipeline.fit_sae import run_fit_sae
+from pipeline.paths import checkpoint_dir, features_store, sae_curve, sae_dir
 from pipeline.sae import load_sae
 from pipeline.sae_codes import LatentStats
 from pipeline.store import StoreError

@@ -85,7 +85,7 @@ def test_checkpoint_of_other_params_or_data_is_ignored(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     _fit(x, _hp(), ckpt=ckpt, stop_after=3)
     assert _fit(x, _hp(lr=2e-3), ckpt=ckpt).resumed_from == 0
-    assert "other sae params" in capsys.readouterr().out
+    assert "other params" in capsys.readouterr().out
     _fit(x, _hp(), ckpt=ckpt, stop_after=3)
     assert _fit(x + 1, _hp(), ckpt=ckpt).resumed_from == 0
 
@@ -95,7 +95,7 @@ def test_corrupt_checkpoint_is_ignored(tmp_path, capsys):
     ckpt.mkdir()
     (ckpt / "state.pt").write_bytes(b"not a checkpoint")
     assert _fit(_data(), _hp(), ckpt=ckpt).resumed_from == 0
-    assert "unreadable checkpoint" in capsys.readouterr().out
+    assert "ignoring unreadable k-SAE checkpoint" in capsys.readouterr().out
 
 
 def test_dead_latent_bookkeeping():

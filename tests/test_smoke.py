@@ -44,6 +44,7 @@ SMOKE_PARAMS = {
     "extract": {"batch_size": 8, "dtype": "fp32", "shard_size": 16},
     "sae": {"expansion": 4, "k": 4, "batch_size": 32, "num_samples": 320, "warmup_steps": 2, "top_images": 5,
             "dtype": "fp32"},
+    "diffc": {"width": 8, "epochs": 2, "batch_size": 16, "dtype": "fp32"},
     "eval": {"top_images": 5},
     "render": {"top_images": 5},
 }
@@ -132,17 +133,49 @@ def test_fit_sae_outputs(smoke_repo: Path) -> None:
     assert len(curve) == 10 and curve[-1]["samples"] == "320"
 
 
+def test_fit_diffc_outputs(smoke_repo: Path) -> None:
+    out = smoke_repo / "models/diffc/digits/fmnist-ddpm/up_ft0/t25"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["test_top1"] <= metrics["test_top5"] <= 1 and metrics["epochs"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_classes"] == 10 and config["extra"]["classes"] == [str(i) for i in range(10)]
+    curve = list(csv.DictReader((smoke_repo / "reports/diffc/digits/fmnist-ddpm/up_ft0/t25.csv").open()))
+    assert [r["epoch"] for r in curve] == ["1", "2"]
+
+
+def test_classify_cli(smoke_repo: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(smoke_repo))
+    image = sorted((smoke_repo / "data/digits").rglob("*.png"))[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "classify", str(image), "--json", "-k", "3"],
+        cwd=smoke_repo, env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (pred,) = json.loads(proc.stdout)
+    assert len(pred["classes"]) == 3 and set(pred["classes"]) <= {str(i) for i in range(10)}
+    assert abs(sum(pred["probs"])) <= 1 + 1e-6 and pred["probs"] == sorted(pred["probs"], reverse=True)
+
+
+def test_evaluate_metrics(smoke_repo: Path) -> None:
+    metrics = json.loads((smoke_repo / "reports/metrics.json").read_text())
+    assert 0 <= metrics["diffc"]["top1_pct"] <= 100
+    sae = metrics["sae"]
+    assert sae["l0"] == 4 and sae["latents"] <= 1000 and set(sae["code"]) >= {"sigma_label", "majority"}
+    shown = json.loads(_dvc(smoke_repo, "metrics", "show", "--json").stdout)
+    assert "reports/metrics.json" in json.dumps(shown)
+
+
 def _ran(proc: subprocess.CompletedProcess) -> set[str]:
     return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
 
 
-def test_sae_param_reruns_fit_sae_only(smoke_repo: Path) -> None:
+def test_sae_param_reruns_fit_sae_and_evaluate(smoke_repo: Path) -> None:
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     params["sae"]["k"] = 2
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = _dvc(smoke_repo, "repro")
-        assert _ran(proc) == {"fit_sae"}, proc.stdout
+        assert _ran(proc) == {"fit_sae", "evaluate"}, proc.stdout
         metrics = json.loads((smoke_repo / "models/sae/digits/fmnist-ddpm/up_ft0/t25/metrics.json").read_text())
         assert metrics["k"] == 2
     finally:
@@ -163,7 +196,7 @@ def test_new_layer_reruns_extract_and_downstream(smoke_repo: Path) -> None:
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = _dvc(smoke_repo, "repro")
-        assert _ran(proc) == {"extract", "fit_sae"}, proc.stdout
+        assert _ran(proc) == {"extract", "fit_sae", "fit_diffc", "evaluate"}, proc.stdout
         assert (smoke_repo / "features/digits/fmnist-ddpm/bottleneck/t25.zarr/zarr.json").is_file()
         # Back to the first key: DVC's run cache restores it without running anything.
         params["layer"] = "up_ft0"

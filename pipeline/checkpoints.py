@@ -1,0 +1,45 @@
+"""Resumable training: one checkpoint file per run, written atomically, resumed only when its
+fingerprint (params + data) matches. Used by the k-SAE and Diff-C loops."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_NAME = "state.pt"
+
+
+def save_checkpoint(state: dict[str, Any], ckpt_dir: Path) -> None:
+    """Write then rename: a kill during the write leaves the previous checkpoint intact."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f"{CHECKPOINT_NAME}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, ckpt_dir / CHECKPOINT_NAME)
+
+
+def load_checkpoint(
+    ckpt_dir: Path, fingerprint: str, device: torch.device | str, *, what: str, version: int | None = None
+) -> dict[str, Any] | None:
+    """The checkpoint's contents if one exists for this fingerprint (and version), else None,
+    with the reason printed: an unreadable file or another run's checkpoint is ignored."""
+    path = Path(ckpt_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        print(f"ignoring unreadable {what} checkpoint {path}: {exc}")
+        return None
+    if (
+        not isinstance(state, dict)
+        or state.get("fingerprint") != fingerprint
+        or (version is not None and state.get("version") != version)
+    ):
+        print(f"ignoring {what} checkpoint {path}: it was made with other params, data or code")
+        return None
+    return state
