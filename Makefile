@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # DVC stage commands call `python -m stages.X`: make them find the venv's python.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup sysdeps repro test test-all bench clean-venv
+.PHONY: setup sysdeps testdeps repro test test-all bench clean-venv
 
 setup: $(STAMP) sysdeps
 
@@ -27,14 +27,21 @@ sysdeps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
 
+# The latent browser's test opens the page in headless Chromium (Debian's package).
+testdeps:
+	@if ! command -v chromium >/dev/null && [ -f /etc/debian_version ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian package chromium (for the latent browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
 repro: setup
 	$(VENV)/bin/dvc repro
 
-test: setup
+test: setup testdeps
 	$(PY) -m pytest
 
 # Everything, the slow end-to-end and full-size-model tests included.
-test-all: setup
+test-all: setup testdeps
 	$(PY) -m pytest -m ''
 
 clean-venv:

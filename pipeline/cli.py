@@ -218,6 +218,9 @@ def compare(
         Path("reports/compare"), "--out", help="Write each table as Markdown and CSV here ('' to skip)."
     ),
     all_commits: bool = typer.Option(False, "--all-commits", help="Experiments of every commit, not just HEAD's."),
+    plot: bool = typer.Option(
+        False, "--plot", help="Also draw accuracy and σ_label vs layer / vs t (PNG per table, into --out)."
+    ),
 ) -> None:
     """The paper's tables (by layer, timestep, model, prompt) for whatever was run, with the
     paper's own numbers beside matching configurations."""
@@ -246,6 +249,12 @@ def compare(
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{table_name(table)}.md").write_text(to_markdown(table))
             (out / f"{table_name(table)}.csv").write_text(to_csv(table))
+    if plot:
+        from pipeline.figures import plot_curves
+
+        target = out if out and str(out) else Path("reports/compare")
+        drawn = plot_curves(found, target)
+        typer.echo(f"{len(drawn)} plot(s): " + ", ".join(str(p) for p in drawn))
     if out and str(out):
         typer.echo(f"{len(found)} table(s) written to {out}/")
 

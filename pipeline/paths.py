@@ -53,6 +53,16 @@ def metrics_path(root: Path = Path(".")) -> Path:
     return root / "reports" / "metrics.json"
 
 
+def figures_dir(root: Path = Path(".")) -> Path:
+    """The render stage's figures (one PNG per figure)."""
+    return reports_dir(root) / "figures"
+
+
+def latents_dir(root: Path = Path(".")) -> Path:
+    """The render stage's static latent browser (index.html + thumbs/)."""
+    return reports_dir(root) / "latents"
+
+
 def checkpoint_dir(out_dir: Path) -> Path:
     """Where a stage keeps its resumable checkpoint: beside its output `out_dir`, not in it
     (DVC removes a stage's outputs before it runs the stage)."""

@@ -61,10 +61,11 @@ def test_cli_on_result_folders(tmp_path):
         (f / "reports" / "metrics.json").write_text(json.dumps(metrics))
         folders.append(str(f))
     out = tmp_path / "tables"
-    result = CliRunner().invoke(app, ["compare", *folders, "--out", str(out)])
+    result = CliRunner().invoke(app, ["compare", *folders, "--out", str(out), "--plot"])
     assert result.exit_code == 0, result.output
     assert "by layer" in result.output and "| up_ft1 | 80.00 | 88.61 |" in result.output
-    assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".md"]
+    assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".md", ".png"]
+    assert next(out.glob("*.png")).stat().st_size > 5_000
 
 
 def test_cli_missing_metrics_is_one_line(tmp_path):

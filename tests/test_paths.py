@@ -35,3 +35,9 @@ def test_stage_outputs_match_paths(default_params_raw):
     assert outs("fit_sae") == [str(paths.sae_dir(*key))] and plots("fit_sae") == [str(paths.sae_curve(*key))]
     assert outs("fit_diffc") == [str(paths.diffc_dir(*key))] and plots("fit_diffc") == [str(paths.diffc_curve(*key))]
     assert [next(iter(m)) for m in stages["evaluate"]["metrics"]] == [str(paths.metrics_path())]
+    render = [o.replace("${render.select}", p["render"]["select"]) for o in outs("render")]
+    assert render == [
+        str(paths.figures_dir() / f"latents_{p['render']['select']}.png"),
+        str(paths.figures_dir() / f"pca_{p['layer']}_t{p['t']}.png"),
+        str(paths.latents_dir()),
+    ]

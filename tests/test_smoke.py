@@ -165,6 +165,14 @@ def test_evaluate_metrics(smoke_repo: Path) -> None:
     assert "reports/metrics.json" in json.dumps(shown)
 
 
+def test_render_outputs(smoke_repo: Path) -> None:
+    figures = smoke_repo / "reports/figures"
+    assert (figures / "latents_purity.png").stat().st_size > 5_000
+    assert (figures / "pca_up_ft0_t25.png").stat().st_size > 5_000
+    page = smoke_repo / "reports/latents/index.html"
+    assert page.stat().st_size > 1_000 and any((smoke_repo / "reports/latents/thumbs").iterdir())
+
+
 def _ran(proc: subprocess.CompletedProcess) -> set[str]:
     return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
 
@@ -175,7 +183,7 @@ def test_sae_param_reruns_fit_sae_and_evaluate(smoke_repo: Path) -> None:
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = _dvc(smoke_repo, "repro")
-        assert _ran(proc) == {"fit_sae", "evaluate"}, proc.stdout
+        assert _ran(proc) == {"fit_sae", "evaluate", "render"}, proc.stdout
         metrics = json.loads((smoke_repo / "models/sae/digits/fmnist-ddpm/up_ft0/t25/metrics.json").read_text())
         assert metrics["k"] == 2
     finally:
@@ -196,7 +204,7 @@ def test_new_layer_reruns_extract_and_downstream(smoke_repo: Path) -> None:
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = _dvc(smoke_repo, "repro")
-        assert _ran(proc) == {"extract", "fit_sae", "fit_diffc", "evaluate"}, proc.stdout
+        assert _ran(proc) == {"extract", "fit_sae", "fit_diffc", "evaluate", "render"}, proc.stdout
         assert (smoke_repo / "features/digits/fmnist-ddpm/bottleneck/t25.zarr/zarr.json").is_file()
         # Back to the first key: DVC's run cache restores it without running anything.
         params["layer"] = "up_ft0"
