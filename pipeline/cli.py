@@ -221,6 +221,7 @@ def compare(
     plot: bool = typer.Option(
         False, "--plot", help="Also draw accuracy and σ_label vs layer / vs t (PNG per table, into --out)."
     ),
+    repo: Path | None = typer.Option(None, "--repo", help="The DVC repository whose experiments to read (default: here)."),
 ) -> None:
     """The paper's tables (by layer, timestep, model, prompt) for whatever was run, with the
     paper's own numbers beside matching configurations."""
@@ -232,7 +233,7 @@ def compare(
         else:
             import dvc.api
 
-            rows = dvc.api.exp_show(num=10_000 if all_commits else 1)
+            rows = dvc.api.exp_show(repo=str(repo) if repo else None, num=10_000 if all_commits else 1)
             records = records_from_exp_show(rows)
     except FileNotFoundError as exc:
         _fail(exc)

@@ -53,6 +53,10 @@ class Record:
     key: dict[str, Any]
     metrics: dict[str, float | None]
     source: str = ""
+    # Every other parameter that can change the numbers, as sorted (name, value) pairs: runs
+    # share a table only when these agree (a sweep at diffc.epochs=3 is not compared with a
+    # run at 10).
+    config: tuple = ()
 
     def key_tuple(self) -> tuple:
         return tuple(self.key[k] for k in KEY)
@@ -65,6 +69,49 @@ class Table:
     varying: str
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
+    differs: list[str] = field(default_factory=list)  # params unlike most runs'
+
+
+def _param_names() -> list[str]:
+    """Dotted names of every parameter pipeline.config knows, e.g. "sae.k"."""
+    from pydantic import BaseModel
+
+    from pipeline.config import Params
+
+    names = []
+    for name, field_info in Params.model_fields.items():
+        ann = field_info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += [f"{name}.{sub}" for sub in ann.model_fields]
+        else:
+            names.append(name)
+    return names
+
+
+# Parameters that cannot change a run's metrics: where it ran and what it drew.
+_NOT_RESULTS = ("render.",)
+_NOT_RESULTS_SUFFIX = (".device", ".num_workers")
+
+
+def _config(flat: dict[str, Any]) -> tuple:
+    out = []
+    for name in _param_names():
+        if name in KEY or name.startswith(_NOT_RESULTS) or name.endswith(_NOT_RESULTS_SUFFIX):
+            continue
+        if name in flat:
+            value = flat[name]
+            out.append((name, json.dumps(value, sort_keys=True, default=str)))
+    return tuple(out)
+
+
+def _flatten(params: dict[str, Any]) -> dict[str, Any]:
+    flat = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{sub}": sv for sub, sv in v.items()})
+        else:
+            flat[k] = v
+    return flat
 
 
 def _dig(data: dict[str, Any], path: Sequence[str]) -> float | None:
@@ -77,7 +124,8 @@ def _dig(data: dict[str, Any], path: Sequence[str]) -> float | None:
 
 def record_from_files(params: dict[str, Any], metrics: dict[str, Any], source: str = "") -> Record:
     key = {k: params.get(k, "empty" if k == "prompt" else None) for k in KEY}
-    return Record(key, {name: _dig(metrics, path) for name, path in METRICS.items()}, source)
+    metrics_row = {name: _dig(metrics, path) for name, path in METRICS.items()}
+    return Record(key, metrics_row, source, _config(_flatten(params)))
 
 
 def records_from_folders(folders: Iterable[Path]) -> list[Record]:
@@ -95,8 +143,13 @@ def records_from_folders(folders: Iterable[Path]) -> list[Record]:
 def records_from_exp_show(rows: Iterable[dict[str, Any]]) -> list[Record]:
     """dvc.api.exp_show() rows: flat dicts of params and metrics by dotted name."""
     out = []
+    # Committed runs first, the workspace last: when both hold a key, the committed numbers win
+    # (while `dvc exp run` is running, the workspace's metrics belong to the previous run).
+    rows = sorted(rows, key=lambda row: row.get("rev") == "workspace")
     for row in rows:
         if any(row.get(k) is None for k in ("dataset", "model", "layer", "t")):
+            continue
+        if str(row.get("State") or "").lower() in ("running", "queued", "failed"):
             continue
         key = {k: row.get(k, "empty") if k == "prompt" else row[k] for k in KEY}
         key["t"] = int(key["t"])
@@ -107,16 +160,28 @@ def records_from_exp_show(rows: Iterable[dict[str, Any]]) -> list[Record]:
         if metrics["diffc_top1"] is None and metrics["sigma_label"] is None:
             continue  # not evaluated (e.g. a failed or queued experiment)
         name = row.get("Experiment") or row.get("rev") or ""
-        out.append(Record(key, metrics, str(name)))
+        # exp_show gives numbers as floats (t: 25.0): normalise integral values.
+        flat = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in row.items()}
+        out.append(Record(key, metrics, str(name), _config(flat)))
     return out
 
 
 def unique(records: Iterable[Record]) -> list[Record]:
-    """One record per key: the first seen (exp_show lists the workspace first)."""
+    """One record per key and config: the first seen."""
     seen: dict[tuple, Record] = {}
     for r in records:
-        seen.setdefault(r.key_tuple(), r)
+        seen.setdefault((r.key_tuple(), r.config), r)
     return list(seen.values())
+
+
+def _most_common(records: list[Record]) -> dict[str, str]:
+    """Per parameter, its most frequent value over the runs (ties: the first seen)."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in records:
+        for name, value in r.config:
+            counts.setdefault(name, {}).setdefault(value, 0)
+            counts[name][value] += 1
+    return {name: max(values, key=values.get) for name, values in counts.items()}
 
 
 def _sort_value(varying: str, value: Any) -> Any:
@@ -134,14 +199,17 @@ def tables(records: Iterable[Record]) -> list[Table]:
         fixed_keys = [k for k in KEY if k != varying]
         groups: dict[tuple, list[Record]] = {}
         for r in records:
-            groups.setdefault(tuple(r.key[k] for k in fixed_keys), []).append(r)
-        for fixed, members in groups.items():
+            groups.setdefault((tuple(r.key[k] for k in fixed_keys), r.config), []).append(r)
+        common = _most_common(records)
+        for (fixed, config), members in groups.items():
             if len(members) < 2:
                 continue
             members.sort(key=lambda r: _sort_value(varying, r.key[varying]))
             columns = [varying, "Diff-C top-1 %", "paper top-1 %", "σ_label", "paper σ_label", "majority", "entropy (bits)",
                        "σ_label (TopK codes)", "k-SAE test FVU"]
             table = Table(title, dict(zip(fixed_keys, fixed)), varying, columns)
+            # Name what sets this group apart from most runs.
+            table.differs = [f"{n}={json.loads(v)}" for n, v in config if common.get(n, v) != v]
             for r in members:
                 k = r.key
                 table.rows.append([
@@ -169,6 +237,8 @@ def _fmt(value: Any) -> str:
 
 def to_markdown(table: Table) -> str:
     fixed = ", ".join(f"{k} = {v}" for k, v in table.fixed.items())
+    if table.differs:
+        fixed += "; unlike most runs: " + ", ".join(table.differs)
     lines = [f"### {table.title}", "", f"{fixed}", "", "| " + " | ".join(table.columns) + " |",
              "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.rows]
@@ -186,4 +256,6 @@ def to_csv(table: Table) -> str:
 
 def table_name(table: Table) -> str:
     fixed = "_".join(str(v) for v in table.fixed.values())
-    return f"by_{table.varying}-{fixed}".replace("/", "-")
+    if table.differs:
+        fixed += "_" + "_".join(table.differs)
+    return f"by_{table.varying}-{fixed}".replace("/", "-").replace(" ", "")

@@ -36,6 +36,20 @@ def test_tables_by_layer_and_by_t_with_paper_values():
     assert to_csv(by_layer).splitlines()[1].startswith("oxford_pets,sd15,25,empty,bottleneck,70.0,69.97,9.0,9.48")
 
 
+def test_runs_with_other_params_are_not_mixed():
+    base = [dict(_row(layer, 25, 70.0 + i, 9.0), **{"diffc.epochs": 10}) for i, layer in enumerate(("up_ft1", "bottleneck", "up_ft3"))]
+    other = [dict(_row("up_ft0", 25, 60.0, 7.0), **{"diffc.epochs": 3}),
+             dict(_row("bottleneck", 25, 50.0, 6.0), **{"diffc.epochs": 3})]
+    found = tables(records_from_exp_show([*base, *other]))
+    assert len(found) == 2
+    assert [r[0] for r in found[0].rows] == ["bottleneck", "up_ft1", "up_ft3"] and found[0].differs == []
+    assert [r[0] for r in found[1].rows] == ["bottleneck", "up_ft0"] and found[1].rows[0][1] == 50.0
+    assert found[1].differs == ["diffc.epochs=3"] and "unlike most runs: diffc.epochs=3" in to_markdown(found[1])
+    # render.* and devices cannot change the numbers: such runs still share a table
+    same = tables(records_from_exp_show([base[0], dict(base[1], **{"render.select": "rank", "sae.device": "cuda"})]))
+    assert len(same) == 1 and len(same[0].rows) == 2
+
+
 def test_unmatched_configs_have_no_paper_value():
     found = tables(records_from_exp_show([_row("up_ft0", 25, 80, 2, dataset="fashion_mnist", model="fmnist-ddpm"),
                                           _row("up_ft1", 25, 81, 2, dataset="fashion_mnist", model="fmnist-ddpm")]))
