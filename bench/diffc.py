@@ -14,6 +14,9 @@
 (b) Inference: seconds per sample of the Diff-C head alone (`predict_topk`, batch 1, eval), in
     both settings. The paper's image → class figure (≈0.13 s/sample on an RTX A6000) also
     includes the backbone's forward, which is not measured here.
+(c) With `--loader-samples N` (default on GPU): one epoch of that training step fed by the
+    store loader from N paper-shaped maps on disk, and the fraction of it spent waiting for
+    batches (device busy = the rest; target >= 90%).
 
 Each number is the median over `--steps` timed repeats after `--warmup` untimed ones, in this
 one run; CUDA is synchronised before every clock read. Defaults are small on CPU (a run takes
@@ -134,6 +137,61 @@ def bench(args: argparse.Namespace) -> None:
     print(f"ratio (b) inference latency, {base} / {fast}: {infer_s[base] / infer_s[fast]:.2f}x")
 
 
+def bench_loader(args: argparse.Namespace, device: torch.device, amp: torch.dtype) -> None:
+    """(c) Does the store loader keep the device busy? One epoch of the fast training step fed
+    by `FmapLoader` from a store of `--loader-samples` paper-shaped maps (streaming shards, not
+    held in memory): the fraction of the epoch spent waiting for the next batch. The device is
+    busy for the rest (steps are synchronised), so busy = 1 - wait."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from pipeline.loaders import FmapLoader
+    from pipeline.store import ArraySpec, create_store
+
+    n, shape = args.loader_samples, (args.channels, args.size, args.size)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-diffc-loader-"))
+    try:
+        store = create_store(
+            tmp / "s.zarr", {"bench": True}, {"train": n},
+            [ArraySpec("fmap", shape, "float16"), ArraySpec("label", (), "int64", True)], 64,
+        )
+        rng = np.random.default_rng(0)
+        for j, (a, b) in enumerate(store.shards("train")):
+            store.write_shard("train", j, {
+                "fmap": rng.standard_normal((b - a, *shape), dtype=np.float32).astype(np.float16),
+                "label": rng.integers(0, args.classes, b - a),
+            })
+        cfg = DiffcConfig(in_channels=args.channels, num_classes=args.classes, width=args.width)
+        model = build_diffc(cfg, seed=0).to(device, memory_format=torch.channels_last).train()
+        gpu = device.type == "cuda"
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if gpu else None)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        loader = FmapLoader(store, "train", args.batch, seed=0, in_memory=False, drop_last=True)
+        for epoch in range(2):  # the first epoch warms kernels and the page cache
+            wait = 0.0
+            _sync(device)
+            start = time.perf_counter()
+            batches = iter(loader)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    fmap, label = next(batches)
+                except StopIteration:
+                    break
+                wait += time.perf_counter() - t0
+                train_step(model, optimizer, scaler, to_input(fmap, device), label.to(device), amp_dtype=amp)
+                _sync(device)
+            total = time.perf_counter() - start
+        print(
+            f"(c) loader feed, {n} maps streamed from shards: {n / total:.1f} samples/s, waiting for batches "
+            f"{100 * wait / total:.1f}% of the epoch → device busy {100 * (1 - wait / total):.1f}% (target >= 90%)"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -146,7 +204,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="map side H = W (up_ft1 at 512 px: 32)")
     parser.add_argument("--width", type=int, default=1024, help="Diff-C width (paper: 1024)")
     parser.add_argument("--classes", type=int, default=37, help="classes (Oxford-IIIT Pet: 37)")
-    bench(parser.parse_args())
+    parser.add_argument(
+        "--loader-samples", type=int, default=None,
+        help="(c) maps in the loader-feed test (default 2048 on GPU, 0 = skip on CPU)",
+    )
+    args = parser.parse_args()
+    bench(args)
+    device = resolve_device(args.device)
+    samples = args.loader_samples if args.loader_samples is not None else (2048 if device.type == "cuda" else 0)
+    if samples:
+        args.loader_samples = samples
+        bench_loader(args, device, _fast_amp(device))
 
 
 if __name__ == "__main__":
