@@ -25,10 +25,9 @@ from pipeline.backbones.load import load_for_params
 from pipeline.config import ConfigError, Params
 from pipeline.diffc import DiffC, load_diffc
 from pipeline.diffc_train import predict_topk
+from pipeline.extract import CLIP_IMAGE_SIZE
 from pipeline.images import load_image
 from pipeline.views import make_view
-
-CLIP_IMAGE_SIZE = 224
 
 
 @dataclass

@@ -24,8 +24,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import pickle
 import platform
 import shutil
 import time
@@ -42,6 +40,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.config import ModelTrainParams, Params
 from pipeline.devices import resolve_device, resolve_dtype
 from pipeline.paths import checkpoint_dir
@@ -279,36 +278,27 @@ def _new_state(params: Params, device: torch.device, amp: torch.dtype | None) ->
 
 
 def _save_checkpoint(st: _FitState, ckpt: Path, fingerprint: str) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    state = {
-        "fingerprint": fingerprint,
-        "step": st.step,
-        "train_seconds": st.train_seconds,
-        "unet": st.unet.state_dict(),
-        "ema": st.ema.state_dict(),
-        "optimizer": st.optimizer.state_dict(),
-        "lr_schedule": st.lr_schedule.state_dict(),
-        "scaler": st.scaler.state_dict(),
-        "log": [list(r) for r in st.log],
-        "pending": list(st.pending),
-    }
-    # Write then rename: a kill during the write leaves the previous checkpoint intact.
-    tmp = ckpt / "state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt / "state.pt")
+    save_checkpoint(
+        {
+            "fingerprint": fingerprint,
+            "step": st.step,
+            "train_seconds": st.train_seconds,
+            "unet": st.unet.state_dict(),
+            "ema": st.ema.state_dict(),
+            "optimizer": st.optimizer.state_dict(),
+            "lr_schedule": st.lr_schedule.state_dict(),
+            "scaler": st.scaler.state_dict(),
+            "log": [list(r) for r in st.log],
+            "pending": list(st.pending),
+        },
+        ckpt,
+    )
 
 
 def _try_resume(st: _FitState, ckpt: Path, fingerprint: str, device: torch.device) -> bool:
-    path = ckpt / "state.pt"
-    if not path.exists():
-        return False
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # truncated/corrupt: start over
-        print(f"ignoring unreadable checkpoint {path}: {exc}")
-        return False
-    if state.get("fingerprint") != fingerprint:
-        print(f"ignoring checkpoint {path}: it was made with other model_train params or data")
+    # The recipe's version is part of the fingerprint (_fingerprint), so no separate version.
+    state = load_checkpoint(ckpt, fingerprint, device, what="fmnist-ddpm")
+    if state is None:
         return False
     st.unet.load_state_dict(state["unet"])
     st.ema.load_state_dict(state["ema"])

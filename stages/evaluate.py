@@ -6,33 +6,25 @@ and k-SAE test metrics → `reports/metrics.json` (DVC metrics).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+from typing import Any
 
-from pipeline.config import load_params_or_exit
+from pipeline.config import Params
 from pipeline.evaluate import run_evaluate
 from pipeline.paths import metrics_path
-from pipeline.stage_errors import USER_ERRORS
+from stages._stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params_or_exit(args.params)
-    try:
-        m = run_evaluate(params, Path("."))
-    except (*USER_ERRORS, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
     sae = m["sae"]
-    print(
+    return (
         f"evaluate {params.layer} t={params.t}: Diff-C top-1 {m['diffc']['top1_pct']:.2f}%, "
         f"σ_label@{sae['latents']} {sae['sigma_label']:.3f} (majority {sae['majority']:.3f}, "
         f"entropy {sae['entropy']:.3f} bits), k-SAE test FVU {sae['fvu']:.4f} → {metrics_path()}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("python -m stages.evaluate", __doc__.splitlines()[0], run_evaluate, _report, argv)
 
 
 if __name__ == "__main__":

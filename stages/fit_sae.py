@@ -9,37 +9,27 @@ resumes from its last checkpoint (about one a minute) when rerun with the same p
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from pathlib import Path
+from typing import Any
 
-from pipeline.config import load_params_or_exit
+from pipeline.config import Params
 from pipeline.fit_sae import run_fit_sae
 from pipeline.paths import sae_dir
-from pipeline.stage_errors import USER_ERRORS
+from stages._stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.fit_sae", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params_or_exit(args.params)
-    start = time.perf_counter()
-    try:
-        m = run_fit_sae(params, Path("."))
-    except (*USER_ERRORS, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
     test = m.get("test", {})
-    print(
+    return (
         f"k-SAE {params.layer} t={params.t}: {m['num_latents']} latents, k = {m['k']}, {m['steps']} steps; "
         f"FVU train {m['train']['fvu']:.4f} test {test.get('fvu', float('nan')):.4f}, "
         f"L0 {m['train']['l0']:.1f}, dead {m['train']['dead_pct']:.1f}%, "
-        f"never fired {m['train']['never_fired_pct']:.1f}% in {time.perf_counter() - start:.1f} s "
+        f"never fired {m['train']['never_fired_pct']:.1f}% in {seconds:.1f} s "
         f"→ {sae_dir(params.dataset, params.model, params.layer, params.t)}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("python -m stages.fit_sae", __doc__.splitlines()[0], run_fit_sae, _report, argv)
 
 
 if __name__ == "__main__":

@@ -10,31 +10,19 @@ open it in a browser straight from the file system).
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
 from pathlib import Path
 
-from pipeline.config import load_params_or_exit
+from pipeline.config import Params
 from pipeline.render import run_render
-from pipeline.stage_errors import USER_ERRORS
+from stages._stage import run_stage
+
+
+def _report(params: Params, written: list[Path], seconds: float) -> str:
+    return f"render {params.layer} t={params.t} in {seconds:.1f} s:" + "".join(f"\n  {p}" for p in written)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.render", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params_or_exit(args.params)
-    start = time.perf_counter()
-    try:
-        written = run_render(params, Path("."))
-    except (*USER_ERRORS, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"render {params.layer} t={params.t} in {time.perf_counter() - start:.1f} s:")
-    for path in written:
-        print(f"  {path}")
-    return 0
+    return run_stage("python -m stages.render", __doc__.splitlines()[0], run_render, _report, argv)
 
 
 if __name__ == "__main__":
