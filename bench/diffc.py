@@ -1,6 +1,6 @@
 """Diff-C speed at the paper's shape: training step rate and per-sample inference latency.
 
-    python -m bench.diffc [--device auto] [--steps N] [--warmup N] [--batch 16]
+    python -m bench.diffc [--device auto] [--steps N] [--warmup N] [--batch 16] [--degenerate]
                           [--channels 1280] [--size 32] [--width 1024] [--classes 37]
 
 (a) Training: samples/s of one full step of `pipeline.diffc_train.train_step` (forward,
@@ -14,6 +14,12 @@
 (b) Inference: seconds per sample of the Diff-C head alone (`predict_topk`, batch 1, eval), in
     both settings. The paper's image → class figure (≈0.13 s/sample on an RTX A6000) also
     includes the backbone's forward, which is not measured here.
+(d) With `--degenerate`: the embedded default's shape instead (128×4×4 maps, width 256, 10
+    classes), whose last stride-2 conv sees a 1×1 map: training step time and the steps with
+    wrong gradients (non-finite, or nonzero on kernel taps that see only padding) for three
+    ways of computing the convs on 1×1 inputs under bf16 autocast — the plain conv (oneDNN's
+    bf16 kernel, faulty there), the plain conv in fp32, and the centre-tap matmul Diff-C uses
+    — against fp32 throughout.
 (c) With `--loader-samples N` (default on GPU): one epoch of that training step fed by the
     store loader from N paper-shaped maps on disk, and the fraction of it spent waiting for
     batches (device busy = the rest; target >= 90%).
@@ -38,7 +44,7 @@ if not __package__:  # run as `python bench/diffc.py`: make the repository root 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.devices import resolve_device, resolve_dtype
-from pipeline.diffc import DiffcConfig, build_diffc, num_parameters
+from pipeline.diffc import ConvBlock, DiffcConfig, build_diffc, num_parameters
 from pipeline.diffc_train import predict_topk, to_input, train_step
 
 
@@ -137,6 +143,63 @@ def bench(args: argparse.Namespace) -> None:
     print(f"ratio (b) inference latency, {base} / {fast}: {infer_s[base] / infer_s[fast]:.2f}x")
 
 
+def _conv_in_fp32(block: ConvBlock, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-2:] == (1, 1):
+        with torch.autocast(x.device.type, enabled=False):
+            y = block.conv(x.float())
+    else:
+        y = block.conv(x)
+    return block.drop(block.act(block.norm(y)))
+
+
+def bench_degenerate(args: argparse.Namespace) -> None:
+    """(d) The 1×1-map convs of the embedded default under bf16: cost and correctness."""
+    device = resolve_device(args.device)
+    steps = args.steps if args.steps is not None else 40
+    cfg = DiffcConfig(in_channels=128, num_classes=10, width=256, dropout=0.5)
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.randn(steps + 5, args.batch, 128, 4, 4, generator=g).half()
+    label = torch.randint(0, 10, (steps + 5, args.batch), generator=g)
+    fix = ConvBlock.forward
+    variants = {
+        "fp32 throughout": (None, fix),
+        "bf16, plain conv on 1x1": (torch.bfloat16, lambda b, x: b.drop(b.act(b.norm(b.conv(x))))),
+        "bf16, 1x1 convs in fp32": (torch.bfloat16, _conv_in_fp32),
+        "bf16, centre-tap matmul (Diff-C)": (torch.bfloat16, fix),
+    }
+    print(
+        f"Diff-C at the embedded shape: maps 128x4x4, width 256, batch {args.batch}, device {device}, "
+        f"{steps} timed steps after 5 warm-up, channels_last"
+    )
+    seconds: dict[str, float] = {}
+    try:
+        for name, (amp_dtype, forward) in variants.items():
+            ConvBlock.forward = forward
+            model = build_diffc(cfg, seed=0).to(device, memory_format=torch.channels_last).train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+            scaler = torch.amp.GradScaler(device.type, enabled=False)
+            last = model.blocks[-1].conv  # its input is 1x1
+            bad, times = 0, []
+            for i in range(steps + 5):
+                _sync(device)
+                start = time.perf_counter()
+                train_step(model, optimizer, scaler, to_input(fmap[i], device), label[i].to(device), amp_dtype=amp_dtype)
+                _sync(device)
+                if i >= 5:
+                    times.append(time.perf_counter() - start)
+                    grad = last.weight.grad
+                    off_centre = grad.clone()
+                    off_centre[:, :, 1, 1] = 0
+                    bad += bool(not torch.isfinite(grad).all() or off_centre.abs().max() > 0)
+            seconds[name] = statistics.median(times)
+            print(f"(d) {name:34s} {seconds[name] * 1e3:8.2f} ms/step   wrong gradients in {bad}/{steps} steps")
+    finally:
+        ConvBlock.forward = fix
+    base = seconds["fp32 throughout"]
+    for name in list(variants)[1:]:
+        print(f"ratio (d) step time, fp32 throughout / {name}: {base / seconds[name]:.2f}x")
+
+
 def bench_loader(args: argparse.Namespace, device: torch.device, amp: torch.dtype) -> None:
     """(c) Does the store loader keep the device busy? One epoch of the fast training step fed
     by `FmapLoader` from a store of `--loader-samples` paper-shaped maps (streaming shards, not
@@ -208,7 +271,14 @@ def main() -> None:
         "--loader-samples", type=int, default=None,
         help="(c) maps in the loader-feed test (default 2048 on GPU, 0 = skip on CPU)",
     )
+    parser.add_argument(
+        "--degenerate", action="store_true",
+        help="(d) only: the embedded shape's 1x1-map convs under bf16 (cost and wrong-gradient count)",
+    )
     args = parser.parse_args()
+    if args.degenerate:
+        bench_degenerate(args)
+        return
     bench(args)
     device = resolve_device(args.device)
     samples = args.loader_samples if args.loader_samples is not None else (2048 if device.type == "cuda" else 0)

@@ -18,7 +18,16 @@ to floor((n - 1) / 2) + 1 = ceil(n / 2), which is 1 for n = 1 and n = 2: a map n
 below 1×1 and no layer fails on small inputs (32 → 16 → 8 → 4, 8 → 4 → 2 → 1, 4 → 2 → 1 → 1,
 2 → 1 → 1 → 1, 1 → 1 → 1 → 1). On a 1×1 map a padded 3×3 conv only uses its centre tap, so
 the deeper layers of a small-map Diff-C act as 1×1 convs; nothing is padded or resized
-beforehand, the classifier is the paper's on every shape. The one limit is BatchNorm's: in
+beforehand, the classifier is the paper's on every shape.
+
+On a 1×1 input the block computes its conv as exactly that: a matmul with the kernel's centre
+tap (`ConvBlock.forward`). It is the same function with the same parameters, and it avoids a
+oneDNN fault: under CPU bf16 autocast, the weight gradient of a stride-2 conv on a 1×1 input
+fills the taps that only ever see padding with garbage (measured: relative error up to 1e37
+against an fp64 reference, non-finite in ~1 of 4 backward passes; every other shape from 1×1
+to 4×4, either stride, within 0.4%). That garbage reached the weights, then the loss, and made
+the embedded default's `fit_diffc` stop on a NaN loss. `bench/diffc.py --degenerate` measures
+this choice against computing those convs in fp32. The one limit is BatchNorm's: in
 training mode it needs more than one value per channel, so a batch of one sample whose map
 has shrunk to 1×1 cannot be trained on (`pipeline.diffc_train` skips one-sample batches).
 
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -88,7 +98,14 @@ class ConvBlock(nn.Module):
         self.drop = nn.Dropout2d(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.norm(self.conv(x))))
+        if x.shape[-2:] == (1, 1):
+            # A padded 3×3 conv on a 1×1 map sees only its centre tap, whatever the stride: the
+            # same output as the conv, exact zero gradients for the other taps (see the module
+            # docstring for the kernel fault this avoids).
+            y = F.linear(x.flatten(1), self.conv.weight[:, :, 1, 1], self.conv.bias)[:, :, None, None]
+        else:
+            y = self.conv(x)
+        return self.drop(self.act(self.norm(y)))
 
 
 class DiffC(nn.Module):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from pipeline.diffc import DiffcConfig, build_diffc, flip_batch, load_diffc, num_parameters, save_diffc
+from pipeline.devices import resolve_dtype
+from pipeline.diffc import ConvBlock, DiffcConfig, build_diffc, flip_batch, load_diffc, num_parameters, save_diffc
 
 PAPER = DiffcConfig(in_channels=1280, num_classes=37, width=1024)
 
@@ -129,3 +132,67 @@ def test_flip_batch() -> None:
         assert torch.equal(a[i], x[i]) or torch.equal(a[i], x[i].flip(-1))
     assert 16 < len(flipped) < 48  # about half of 64
     assert torch.equal(x, torch.arange(x.numel(), dtype=torch.float32).reshape(x.shape))  # input untouched
+
+
+# The precisions a Diff-C block is checked in: bf16 (what `auto` picks on CPUs with bf16 units,
+# CI's included, and on recent GPUs) and whatever `auto` resolves to on this machine.
+_CHECKED_DTYPES = sorted({torch.bfloat16, resolve_dtype("auto", "cpu")}, key=str)
+
+
+def _padding_only_taps(side: int, stride: int) -> torch.Tensor:
+    """(3, 3) mask of the kernel taps that see only padding on a side×side map (their
+    gradient is exactly zero): all but the centre on 1×1, the first row and column on 2×2 at
+    stride 2, none from 2×2 at stride 1 or 4×4 on."""
+    w = torch.ones(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    F.conv2d(torch.ones(1, 1, side, side, dtype=torch.float64), w, stride=stride, padding=1).sum().backward()
+    return w.grad[0, 0] == 0
+
+
+@pytest.mark.parametrize("amp_dtype", _CHECKED_DTYPES, ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("side", [1, 2, 4])
+def test_block_gradients_under_autocast_match_fp64(side: int, stride: int, amp_dtype: torch.dtype) -> None:
+    """A conv block's gradients under CPU autocast, over 8 backward passes on 1×1, 2×2 and 4×4
+    maps: the taps that see only padding get exactly zero weight gradient, and the weight and
+    input gradients equal an fp64 reference within 10% (relative L2 error). The reference
+    sees the inputs and conv weights rounded as autocast rounds them; the rest of the bf16
+    error is BatchNorm's backward, which autocast runs in bf16 (measured worst: 4%).
+
+    Before the centre-tap path, oneDNN's bf16 stride-2 conv on 1×1 maps filled the padding-only
+    taps with garbage in most passes (up to 1e37, sometimes inf or NaN): the NaN loss of the
+    embedded default's `fit_diffc`."""
+    torch.manual_seed(0)
+    block = ConvBlock(256, 256, stride=stride, dropout=0.0).to(memory_format=torch.channels_last)
+    ref = copy.deepcopy(block).double()
+    with torch.no_grad():
+        ref.conv.weight.copy_(block.conv.weight.to(amp_dtype).double())
+        ref.conv.bias.copy_(block.conv.bias.to(amp_dtype).double())
+    padding_only = _padding_only_taps(side, stride)
+    where = f"{side}x{side} map, stride {stride}, {amp_dtype}"
+    for _ in range(8):
+        x = torch.randn(16, 256, side, side).contiguous(memory_format=torch.channels_last).requires_grad_()
+        with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+            y = block(x)
+        gy = torch.randn(y.shape)
+        y.float().backward(gy)
+        xr = x.detach().to(amp_dtype).double().requires_grad_()
+        ref(xr).backward(gy.double())
+        grad_w = block.conv.weight.grad
+        assert torch.isfinite(grad_w).all() and torch.isfinite(x.grad).all(), f"{where}: non-finite gradient"
+        assert (grad_w[:, :, padding_only] == 0).all(), f"{where}: padding-only taps have a nonzero gradient"
+        for name, got, want in (("weight", grad_w, ref.conv.weight.grad), ("input", x.grad, xr.grad)):
+            err = ((got.double() - want).norm() / want.norm()).item()
+            assert err < 0.1, f"{where}: {name} gradient off by {err:.3g} (relative L2)"
+        block.zero_grad(set_to_none=True)
+        ref.zero_grad(set_to_none=True)
+
+
+def test_one_by_one_path_is_the_conv() -> None:
+    """On 1×1 maps the block's matmul path gives the conv's output (fp64, eval mode)."""
+    torch.manual_seed(0)
+    for stride in (1, 2):
+        block = ConvBlock(16, 8, stride=stride, dropout=0.0).double().eval()
+        x = torch.randn(5, 16, 1, 1, dtype=torch.float64)
+        with torch.no_grad():
+            want = block.drop(block.act(block.norm(block.conv(x))))
+            torch.testing.assert_close(block(x), want, rtol=1e-12, atol=1e-12)
