@@ -1,8 +1,10 @@
 """Resumable training: one checkpoint file per run, written atomically, resumed only when its
-fingerprint (params + data) matches. Used by the k-SAE and Diff-C loops."""
+fingerprint (params + data) matches; and the one stop on a non-finite loss. Used by the
+embedded DDPM, k-SAE and Diff-C loops."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from pathlib import Path
@@ -43,3 +45,23 @@ def load_checkpoint(
         print(f"ignoring {what} checkpoint {path}: it was made with other params, data or code")
         return None
     return state
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A training loss (or the weights) went inf/NaN. The loop stops before writing another
+    checkpoint, so the one on disk is the last good state; the stages report it as one line."""
+
+
+def check_finite(value: float, *, what: str, where: str, hint: str, ckpt_dir: Path | None) -> None:
+    """Raise `NonFiniteLoss` when `value` is inf or NaN, naming the loop, the step or epoch,
+    the checkpoint that is kept (if any) and what to change."""
+    if math.isfinite(value):
+        return
+    path = None if ckpt_dir is None else Path(ckpt_dir) / CHECKPOINT_NAME
+    if path is None:
+        kept = "this run writes no checkpoints"
+    elif path.exists():
+        kept = f"the last good checkpoint {path} is kept"
+    else:
+        kept = "no checkpoint was written yet"
+    raise NonFiniteLoss(f"{what} is {value} at {where}; stopped, {kept}: {hint}")

@@ -24,7 +24,6 @@ import csv
 import hashlib
 import json
 import math
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.checkpoints import check_finite, load_checkpoint, save_checkpoint
 from pipeline.config import ModelTrainParams, Params
 from pipeline.devices import resolve_device, resolve_dtype
 from pipeline.paths import checkpoint_dir
@@ -365,11 +364,11 @@ def _fit(
         st.ema.step(st.unet.parameters())
         st.step += 1
         value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"fmnist-ddpm training loss is {value} at step {st.step}: lower model_train.lr "
-                f"(now {mt.lr}) or use model_train.dtype = fp32"
-            )
+        check_finite(
+            value, what="fmnist-ddpm training loss", where=f"step {st.step}",
+            hint=f"lower model_train.lr (now {mt.lr}) or set model_train.dtype: fp32 (now {mt.dtype})",
+            ckpt_dir=ckpt,
+        )
         st.pending.append(value)
         if st.step % mt.log_every == 0 or st.step == mt.steps:
             st.log.append((st.step, float(np.mean(st.pending)), lr))
@@ -551,13 +550,11 @@ def train_and_save(
 
     final_loss = st.log[-1][1] if st.log else float("nan")
     wall = time.perf_counter() - wall0
+    # Only what params, data and code determine: the timings go to reports/timings.json
+    # (written by the model stage), so this file's hash changes only with the weights.
     summary = {
         "model": "fmnist-ddpm",
         "steps": st.step,
-        "train_seconds": round(st.train_seconds, 2),
-        "seconds_per_step": round(st.train_seconds / max(1, st.step), 4),
-        "wall_seconds": round(wall, 2),
-        "resumed_from": st.resumed_from,
         "final_loss": final_loss,
         "heldout_eps_mse": {
             "timesteps": list(mt.eval_timesteps),
@@ -569,7 +566,6 @@ def train_and_save(
         "device": device.type,
         "dtype": _dtype_name(amp),
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
         "model_train": mt.model_dump(),
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

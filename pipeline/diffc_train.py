@@ -21,6 +21,10 @@ cross-entropy, 30 epochs, cosine annealing down to 5e-5, random horizontal flips
 - A checkpoint after every epoch (`state.pt`: model, AdamW, schedule, grad scaler, curve),
   written to a temporary file and renamed, so a kill never leaves a torn one. A rerun whose
   `fingerprint` matches resumes after the last finished epoch; any other is ignored.
+- A non-finite loss (checked whenever the loss is read anyway, every `_POSTFIX_EVERY` steps
+  and at the epoch's end) or non-finite weights after an epoch stop the run with one line
+  (`pipeline.checkpoints.NonFiniteLoss`) before the next checkpoint: the one on disk is the
+  last good epoch.
 - A training batch of one sample is skipped: BatchNorm cannot train on one value per channel,
   which is what a one-sample batch leaves once the map has shrunk to 1×1 (see diffc.py), and
   its statistics over one sample would be noise anyway. It can only be the ragged last batch
@@ -31,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from pipeline.checkpoints import CHECKPOINT_NAME, check_finite, load_checkpoint, save_checkpoint
 from pipeline.config import DiffcParams
 from pipeline.diffc import DiffC, DiffcConfig, build_diffc, flip_batch
 from pipeline.loaders import FmapLoader
@@ -316,7 +319,8 @@ def fit_diffc(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         while st.epoch < hp.epochs:
-            train_loss, lr = _train_epoch(st, train, hp, device, amp_dtype, per_epoch, progress)
+            train_loss, lr = _train_epoch(st, train, hp, device, amp_dtype, per_epoch, progress, ckpt_dir)
+            _check_weights(st.model, st.epoch + 1, hp, ckpt_dir)
             metrics = evaluate(st.model, test, device, amp_dtype)
             st.epoch += 1
             row = {"epoch": st.epoch, "train_loss": train_loss, **metrics, "lr": lr}
@@ -339,6 +343,19 @@ def fit_diffc(
     )
 
 
+def _hint(hp: DiffcParams) -> str:
+    return f"lower diffc.lr (now {hp.lr}) or set diffc.dtype: fp32 (now {hp.dtype})"
+
+
+def _check_weights(model: DiffC, epoch: int, hp: DiffcParams, ckpt_dir: Path) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            check_finite(
+                float("nan"), what=f"Diff-C weight {name}", where=f"the end of epoch {epoch}",
+                hint=_hint(hp), ckpt_dir=ckpt_dir,
+            )
+
+
 def _train_epoch(
     st: _State,
     train: FmapLoader,
@@ -347,6 +364,7 @@ def _train_epoch(
     amp_dtype: torch.dtype | None,
     per_epoch: int,
     progress: bool,
+    ckpt_dir: Path,
 ) -> tuple[float, float]:
     """One pass over `train`: (mean training loss, lr of the epoch's last step)."""
     epoch = st.epoch  # 0-based index of the epoch being trained
@@ -380,18 +398,21 @@ def _train_epoch(
         step += 1
         bar.update(1)
         if step % _POSTFIX_EVERY == 0 or step == per_epoch:
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(
-                loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / elapsed:.1f}", refresh=False
+            # One sync for both: the running sum is non-finite once any step's loss was.
+            value, running = loss.item(), loss_sum.item()
+            check_finite(
+                running, what="Diff-C train loss", where=f"epoch {epoch + 1}, step {step}/{per_epoch}",
+                hint=_hint(hp), ckpt_dir=ckpt_dir,
             )
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{seen / elapsed:.1f}", refresh=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     bar.close()
     st.train_seconds += time.perf_counter() - start
     st.samples += seen
     mean_loss = loss_sum.item() / max(seen, 1)
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(
-            f"Diff-C train loss is {mean_loss} in epoch {epoch + 1}: lower diffc.lr (now {hp.lr}) or use diffc.dtype: fp32"
-        )
+    check_finite(
+        mean_loss, what="Diff-C train loss", where=f"epoch {epoch + 1}", hint=_hint(hp), ckpt_dir=ckpt_dir
+    )
     return mean_loss, lr

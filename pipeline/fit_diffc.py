@@ -5,9 +5,10 @@ Writes `models/diffc/<dataset>/<model>/<layer>/t<t>/`:
 - `model.safetensors`, `config.json` (pipeline.diffc.load_diffc reads them; the config's
   `extra` holds the class names, the key and the features' provenance hash, so that
   `revelio classify` can rebuild the whole image → class path from this folder alone);
-- `metrics.json` — final test top-1 / top-5, training samples/s;
+- `metrics.json` — final test top-1 / top-5, epochs, parameters;
 and the per-epoch curve `reports/diffc/<dataset>/<model>/<layer>/t<t>.csv` (a DVC plot).
 An interrupted run resumes after its last finished epoch (checkpoint beside the output).
+How long it took goes to `reports/timings.json` (pipeline.timings), not into the outputs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pipeline.diffc_train import DiffcFit, fit_diffc, training_fingerprint
 from pipeline.loaders import FmapLoader
 from pipeline.paths import checkpoint_dir, diffc_curve, diffc_dir, features_store
 from pipeline.store import StoreError, open_store, provenance_hash
+from pipeline.timings import record_timing
 
 CURVE_FIELDS = ("epoch", "train_loss", "test_loss", "test_top1", "test_top5", "lr")
 
@@ -64,8 +66,6 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
         "test_top1": fit.test_top1,
         "test_top5": fit.test_top5,
         "epochs": len(fit.curve),
-        "train_samples_per_s": fit.samples_per_s,
-        "train_seconds": fit.train_seconds,
         "num_parameters": sum(p.numel() for p in fit.model.parameters()),
     }
     extra = {
@@ -90,4 +90,11 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     os.replace(tmp, out_dir)
     write_curve(diffc_curve(params.dataset, params.model, params.layer, params.t, root), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"Diff-C trained for {fit.train_seconds:.1f} s, {fit.samples_per_s:.0f} samples/s")
+    record_timing(
+        "fit_diffc",
+        params,
+        {"train_seconds": fit.train_seconds, "train_samples_per_s": fit.samples_per_s, "resumed_from": fit.resumed_from},
+        root,
+    )
     return metrics

@@ -9,6 +9,7 @@ Writes `models/sae/<dataset>/<model>/<layer>/t<t>/`:
   rows and labels the positions refer to, and the fire counts;
 - `metrics.json` — FVU, L0, dead and never-fired latents on train and test;
 and the training curve `reports/sae/<dataset>/<model>/<layer>/t<t>.csv` (a DVC plot).
+How long it took goes to `reports/timings.json` (pipeline.timings), not into the outputs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipeline.sae import SaeConfig, save_sae
 from pipeline.sae_codes import SplitScan, scan_split
 from pipeline.sae_train import CURVE_FIELDS, SaeFit, dead_window, train_sae
 from pipeline.store import StoreError, open_store, provenance_hash
+from pipeline.timings import record_timing
 
 
 def _split_metrics(scan: SplitScan) -> dict[str, Any]:
@@ -121,8 +123,6 @@ def run_fit_sae(params: Params, root: Path = Path("."), *, progress: bool = True
             "training": hp.model_dump(),
             "select_dtype": str(select_dtype).removeprefix("torch."),
             "device": str(device),
-            "train_seconds": fit.train_seconds,
-            "samples_per_s": fit.samples_per_s,
         },
     )
     assert train_scan.stats is not None
@@ -142,4 +142,11 @@ def run_fit_sae(params: Params, root: Path = Path("."), *, progress: bool = True
     os.replace(tmp, out_dir)
     write_curve(sae_curve(params.dataset, params.model, params.layer, params.t, root), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"k-SAE trained for {fit.train_seconds:.1f} s, {fit.samples_per_s:.0f} samples/s")
+    record_timing(
+        "fit_sae",
+        params,
+        {"train_seconds": fit.train_seconds, "train_samples_per_s": fit.samples_per_s, "resumed_from": fit.resumed_from},
+        root,
+    )
     return metrics

@@ -7,7 +7,9 @@ batches of `sae.batch_size` drawn without replacement from seeded per-epoch perm
 Bookkeeping the metrics need: per latent, the number of samples since it last fired (dead =
 no firing in the last `sae.dead_window` samples, sparsify's definition) and whether it ever
 fired. Interrupted runs resume from a checkpoint beside the output (every ~minute and at the
-end), bit-identically: batch order and initialisation depend on (seed, step) only.
+end), bit-identically: batch order and initialisation depend on (seed, step) only. A
+non-finite loss stops the run with one line (checked every 10 steps, when the losses are read
+anyway, and always before a checkpoint), so the checkpoint on disk is the last good one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.checkpoints import check_finite, load_checkpoint, save_checkpoint
 from pipeline.config import SaeParams
 from pipeline.sae import KSae, SaeConfig, init_b_pre
 
@@ -217,6 +219,11 @@ def train_sae(
         first = st.step - len(rows)
         for i, (loss, fvu, aux, dead, lr) in enumerate(rows):
             step = first + i
+            # Checked before the curve grows or a checkpoint is written (flush comes first).
+            check_finite(
+                loss, what="k-SAE training loss", where=f"step {step + 1}",
+                hint=f"lower sae.lr (now {hp.lr}) or set sae.dtype: fp32 (now {hp.dtype})", ckpt_dir=ckpt,
+            )
             st.curve.append(
                 {
                     "step": step,

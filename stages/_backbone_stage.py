@@ -16,6 +16,7 @@ from pipeline.config import Params, load_params_or_exit
 from pipeline.distributed import close_world, init_world
 from pipeline.stage_errors import USER_ERRORS
 from pipeline.store import FeatureStore
+from pipeline.timings import record_timing
 
 Work = Callable[..., FeatureStore | None]
 
@@ -38,4 +39,6 @@ def run_backbone_stage(
     finally:
         close_world()
     if store is not None:  # rank 0 publishes and reports
-        print(report(params, store, time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        record_timing(prog.rsplit(".", 1)[-1], params, {"seconds": round(seconds, 2), "processes": world.size})
+        print(report(params, store, seconds))

@@ -1,5 +1,6 @@
 """The shared body of the stages that need no backbone (fit_sae, fit_diffc, evaluate, render):
-parse --params, do the work, report user errors as one line (exit 1), print a summary."""
+parse --params, do the work, report user errors as one line (exit 1), record the time in
+reports/timings.json, print a summary."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TypeVar
 
 from pipeline.config import Params, load_params_or_exit
 from pipeline.stage_errors import USER_ERRORS
+from pipeline.timings import record_timing
 
 Result = TypeVar("Result")
 
@@ -33,5 +35,7 @@ def run_stage(
     except (*USER_ERRORS, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report(params, result, time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    record_timing(prog.rsplit(".", 1)[-1], params, {"seconds": round(seconds, 2)})
+    print(report(params, result, seconds))
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.config import load_params_or_exit
 from pipeline.datasets import BuildResult, DataError, build_dataset
+from pipeline.timings import record_timing
 
 
 def summary(result: BuildResult) -> str:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    record_timing("data", params, {"seconds": round(result.seconds, 2)})
     print(summary(result))
     return 0
 

@@ -20,8 +20,8 @@ from stages._stage import run_stage
 def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
     return (
         f"Diff-C {params.layer} t={params.t}: test top-1 {100 * m['test_top1']:.1f}%, top-5 "
-        f"{100 * m['test_top5']:.1f}% after {m['epochs']} epochs ({m['num_parameters']:,} parameters, "
-        f"{m['train_samples_per_s']:.0f} samples/s) in {seconds:.1f} s "
+        f"{100 * m['test_top5']:.1f}% after {m['epochs']} epochs ({m['num_parameters']:,} parameters) "
+        f"in {seconds:.1f} s "
         f"→ {diffc_dir(params.dataset, params.model, params.layer, params.t)}"
     )
 

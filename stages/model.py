@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from pathlib import Path
 
-from pipeline.backbones.common import WeightsMismatch
-from pipeline.backbones.weights import WeightsNotFound, lock_record, resolve_weights, write_lock
+from pipeline.backbones.weights import lock_record, resolve_weights, write_lock
 from pipeline.config import Params, load_params_or_exit
 from pipeline.paths import backbone_dir
+from pipeline.stage_errors import USER_ERRORS
+from pipeline.timings import record_timing
 
 
 def run(params: Params, root: Path = Path("."), *, cache_dir: str | Path | None = None) -> Path:
@@ -41,7 +43,18 @@ def run(params: Params, root: Path = Path("."), *, cache_dir: str | Path | None 
 
         # Its training curve and sample grid go next to the weights: this folder is the stage's
         # only DVC output, so anything written elsewhere would be untracked.
-        train_and_save(params, out, out)
+        result = train_and_save(params, out, out)
+        record_timing(
+            "model",
+            params,
+            {
+                "train_seconds": round(result.train_seconds, 2),
+                "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),
+                "wall_seconds": round(result.wall_seconds, 2),
+                "resumed_from": result.resumed_from,
+            },
+            root,
+        )
     weights = resolve_weights(spec, params.model_path, root=root, cache_dir=cache_dir)
     return write_lock(lock_record(params.model, weights, root=root, cache_dir=cache_dir), out)
 
@@ -51,12 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     args = parser.parse_args(argv)
     params = load_params_or_exit(args.params)
+    start = time.perf_counter()
     try:
         lock = run(params)
-    except (WeightsNotFound, WeightsMismatch) as exc:
-        # A missing or wrong model is a user problem: one clear message, no traceback.
+    except USER_ERRORS as exc:
+        # A missing or wrong model, a diverged training run: one clear message, no traceback.
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    record_timing("model", params, {"seconds": round(time.perf_counter() - start, 2)})
     print(f"model {params.model}: weights locked in {lock}")
 
 

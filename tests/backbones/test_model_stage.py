@@ -88,9 +88,10 @@ def test_stage_trains_the_embedded_model(
     (stood in for here by a builder of the same layout), then locks what it wrote."""
     calls: list[tuple] = []
 
-    def train_and_save(params: object, out_dir: Path, reports_dir: Path) -> None:
+    def train_and_save(params: object, out_dir: Path, reports_dir: Path) -> types.SimpleNamespace:
         calls.append((out_dir, reports_dir))
         build_tiny_ddpm(out_dir, in_channels=1, image_size=32)
+        return types.SimpleNamespace(train_seconds=3.0, steps=2, wall_seconds=4.0, resumed_from=0)
 
     monkeypatch.setitem(
         sys.modules, "pipeline.ddpm_train", types.SimpleNamespace(train_and_save=train_and_save)
@@ -101,3 +102,6 @@ def test_stage_trains_the_embedded_model(
     assert calls == [(out, out)]  # reports beside the weights: the stage's only DVC output
     lock = json.loads(lock_path.read_text())
     assert lock["model"] == "fmnist-ddpm" and "unet/diffusion_pytorch_model.safetensors" in lock["files"]
+    # The times go to the uncached report, not into the stage's output.
+    timing = json.loads((tmp_path / "reports" / "timings.json").read_text())["model"]["fmnist-ddpm"]
+    assert timing["seconds_per_step"] == 1.5 and timing["resumed_from"] == 0 and "cpu" in timing["machine"]
