@@ -7,6 +7,7 @@ model) so it runs in every CI run; each stage added to dvc.yaml extends the chec
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import os
 import shutil
@@ -39,12 +40,11 @@ SMOKE_PARAMS = {
         "num_samples": 4,
         "sample_steps": 2,
         "log_every": 2,
-        "dtype": "fp32",
     },
-    "extract": {"batch_size": 8, "dtype": "fp32", "shard_size": 16},
-    "sae": {"expansion": 4, "k": 4, "batch_size": 32, "num_samples": 320, "warmup_steps": 2, "top_images": 5,
-            "dtype": "fp32"},
-    "diffc": {"width": 8, "epochs": 2, "batch_size": 16, "dtype": "fp32"},
+    # Every dtype stays `auto`, as users run it (bf16 on CPUs with bf16 units, CI's included).
+    "extract": {"batch_size": 8, "shard_size": 16},
+    "sae": {"expansion": 4, "k": 4, "batch_size": 32, "num_samples": 320, "warmup_steps": 2, "top_images": 5},
+    "diffc": {"width": 8, "epochs": 2, "batch_size": 16},
     "eval": {"top_images": 5},
     "render": {"top_images": 5},
 }
@@ -161,6 +161,8 @@ def test_evaluate_metrics(smoke_repo: Path) -> None:
     assert 0 <= metrics["diffc"]["top1_pct"] <= 100
     sae = metrics["sae"]
     assert sae["l0"] == 4 and sae["latents"] <= 1000 and set(sae["code"]) >= {"sigma_label", "majority"}
+    heldout = metrics["model"]["heldout_eps_mse"]["t25"]
+    assert 0 < heldout["trained"] and 0 < heldout["init"]
     shown = json.loads(_dvc(smoke_repo, "metrics", "show", "--json").stdout)
     assert "reports/metrics.json" in json.dumps(shown)
 
@@ -196,6 +198,22 @@ def test_second_repro_runs_nothing(smoke_repo: Path) -> None:
     proc = _dvc(smoke_repo, "repro")
     assert "Running stage" not in proc.stdout, proc.stdout
     assert "up to date" in proc.stdout.lower()
+
+
+def test_forced_rerun_reproduces_every_output_byte_for_byte(smoke_repo: Path) -> None:
+    """Same params and seed, `dtype: auto` everywhere: rerunning all eight stages gives the
+    same dvc.lock (every output's hash) and metrics; only the uncached timings change."""
+    lock, metrics = (smoke_repo / "dvc.lock").read_text(), (smoke_repo / "reports/metrics.json").read_bytes()
+    timings = json.loads((smoke_repo / "reports/timings.json").read_text())
+    assert set(timings) == {"data", "model", "encode", "extract", "fit_sae", "fit_diffc", "evaluate", "render"}
+    assert timings["fit_diffc"]["digits/fmnist-ddpm/up_ft0/t25"]["train_samples_per_s"] > 0
+    proc = _dvc(smoke_repo, "repro", "--force")
+    assert len(_ran(proc)) == 8, proc.stdout
+    assert (smoke_repo / "reports/metrics.json").read_bytes() == metrics
+    again = (smoke_repo / "dvc.lock").read_text()
+    assert again == lock, "".join(difflib.unified_diff(lock.splitlines(True), again.splitlines(True), n=1))
+    rerun = json.loads((smoke_repo / "reports/timings.json").read_text())
+    assert rerun["model"]["fmnist-ddpm"]["finished"] >= timings["model"]["fmnist-ddpm"]["finished"]
 
 
 def test_new_layer_reruns_extract_and_downstream(smoke_repo: Path) -> None:
