@@ -260,5 +260,32 @@ def compare(
         typer.echo(f"{len(found)} table(s) written to {out}/")
 
 
+@app.command("check-metrics")
+def check_metrics_cmd(
+    metrics: Path = typer.Option(Path("reports/metrics.json"), "--metrics", help="This run's metrics file."),
+    against: Path = typer.Option(
+        None, "--against", help="Reference metrics file (default: the committed one, git show HEAD:<metrics>)."
+    ),
+) -> None:
+    """Check that a run reproduces the committed results: Diff-C top-1 within ±1.5 points, σ_label
+    within ±0.15, and the trained backbone's held-out ε-MSE at t=25 below half the
+    initialisation's. Exit 1 naming each metric that is off (CI runs this after `make repro`)."""
+    from pipeline.reproduce import check_metrics, committed_metrics
+
+    try:
+        current = json.loads(metrics.read_text())
+        reference = json.loads(against.read_text()) if against else committed_metrics(metrics)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    lines, failures = check_metrics(current, reference)
+    for line in lines:
+        typer.echo(line)
+    if failures:
+        for failure in failures:
+            typer.echo(f"error: {failure}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{metrics}: reproduces {against or 'the committed metrics'} within tolerance")
+
+
 if __name__ == "__main__":
     app()

@@ -6,7 +6,10 @@
 - `sae.sigma_label`, `sae.majority`, `sae.entropy`, `sae.latents` (N used), `sae.ranked`:
   pipeline.metrics on the dense pre-TopK activations (the paper's σ_label@`eval.top_latents`);
   `sae.code.*` the same on the TopK codes;
-- `sae.fvu`, `sae.l0`, `sae.dead_pct`: the k-SAE on test; `sae.train_fvu`, `sae.train_dead_pct`.
+- `sae.fvu`, `sae.l0`, `sae.dead_pct`: the k-SAE on test; `sae.train_fvu`, `sae.train_dead_pct`;
+- `model.heldout_eps_mse.t<T>.{trained,init}`: for a backbone the `model` stage trained (the
+  embedded one), its held-out ε-prediction MSE at each evaluated timestep, and that of the
+  same architecture at initialisation (the check that training did something).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from safetensors.numpy import load_file
 
 from pipeline.config import Params
 from pipeline.metrics import purity_of_stats
-from pipeline.paths import diffc_dir, features_store, metrics_path, sae_dir
+from pipeline.paths import backbone_dir, diffc_dir, features_store, metrics_path, sae_dir
 from pipeline.sae_codes import LatentStats
 from pipeline.store import open_store
 
@@ -34,6 +37,16 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     key = (params.dataset, params.model, params.layer, params.t)
     ev = params.eval
     out: dict[str, Any] = {}
+
+    summary = backbone_dir(params.model, root) / "train_summary.json"
+    if summary.is_file():
+        heldout = json.loads(summary.read_text())["heldout_eps_mse"]
+        out["model"] = {
+            "heldout_eps_mse": {
+                f"t{t}": {"trained": heldout["trained"][str(t)], "init": heldout["init"][str(t)]}
+                for t in heldout["timesteps"]
+            }
+        }
 
     diffc = _read_json(diffc_dir(*key, root) / "metrics.json")
     out["diffc"] = {"top1_pct": 100 * diffc["test_top1"], "top5_pct": 100 * diffc["test_top5"]}
