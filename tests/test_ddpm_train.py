@@ -19,6 +19,7 @@ from diffusers import DDPMPipeline, UNet2DModel
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from pipeline.checkpoints import NonFiniteLoss
 from pipeline.config import ConfigError, ModelTrainParams, Params, parse_params
 from pipeline.ddpm_train import prepare_images, train, train_and_save
 from pipeline.paths import checkpoint_dir
@@ -286,3 +287,25 @@ def test_embedded_recipe_in_bf16_tracks_fp32_on_fashion_mnist(tmp_path):
         assert result.heldout_trained[25] < 0.5 * result.heldout_init[25], (dtype, result)
         heldout[dtype] = result.heldout_trained[25]
     assert abs(heldout["bf16"] - heldout["fp32"]) < 0.1 * heldout["fp32"], heldout
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    """A NaN loss at step 16 (checkpoints every 10) stops the run with one line; step 10's
+    checkpoint is kept and a rerun resumes from it."""
+    import pipeline.ddpm_train as ddpm_train
+
+    real, calls = ddpm_train.F.mse_loss, []
+
+    def nan_at_16(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 16 else loss
+
+    monkeypatch.setattr(ddpm_train.F, "mse_loss", nan_at_16)
+    out = tmp_path / "fmnist-ddpm"
+    with pytest.raises(NonFiniteLoss) as err:
+        train(_params(), out, images=digits, checkpoint_every=10, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("fmnist-ddpm training loss is nan at step 16")
+    assert "last good checkpoint" in message and "model_train.lr" in message
+    assert torch.load(checkpoint_dir(out) / "state.pt", weights_only=True)["step"] == 10

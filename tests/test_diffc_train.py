@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.checkpoints import NonFiniteLoss
 from pipeline.config import DiffcParams
 from pipeline.diffc_train import (
     CHECKPOINT_NAME,
@@ -211,3 +212,25 @@ def test_training_fingerprint() -> None:
     assert a == training_fingerprint(_hp(), num_classes=4, store="abc")
     assert a != training_fingerprint(_hp(epochs=5), store="abc", num_classes=4)
     assert a != training_fingerprint(_hp(), store="abd", num_classes=4)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    store: FeatureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.diffc_train as diffc_train
+
+    real, calls = diffc_train.train_step, []
+
+    def diverging(*args, **kwargs):  # epoch 2's third step returns NaN
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == steps_per_epoch(_loaders(store, _hp())[0]) + 3 else loss
+
+    monkeypatch.setattr(diffc_train, "train_step", diverging)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(NonFiniteLoss) as err:
+        _fit(store, _hp(epochs=3), ckpt)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("Diff-C train loss is nan at epoch 2, step 10/")
+    assert f"last good checkpoint {ckpt / CHECKPOINT_NAME} is kept" in message and "diffc.lr" in message
+    assert torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.checkpoints import NonFiniteLoss
 from pipeline.config import SaeParams
 from pipeline.sae import SaeConfig
 from pipeline.sae_train import BatchOrder, num_steps, train_sae
@@ -150,3 +151,27 @@ def test_bf16_selection_tracks_fp32_on_fashion_mnist(tmp_path: Path) -> None:
         assert scan.l0 == 32
         fvu[dtype] = scan.fvu
     assert abs(fvu[torch.bfloat16] - fvu[torch.float32]) < 0.02 * fvu[torch.float32], fvu
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """NaN weights after step 5 (standing in for a diverged step) make step 6's loss NaN: the
+    run stops with one line, and the checkpoint on disk is step 5's (checkpoints every step)."""
+    import pipeline.sae_train as sae_train
+
+    states = []
+    real = sae_train._new_state
+    monkeypatch.setattr(sae_train, "_new_state", lambda *a, **k: states.append(real(*a, **k)) or states[-1])
+
+    def poison(step: int) -> None:
+        if step == 5:
+            with torch.no_grad():
+                states[-1].model.W_dec.fill_(float("nan"))
+
+    x, hp, ckpt = _data(), _hp(), tmp_path / "ckpt"
+    with pytest.raises(NonFiniteLoss) as err:
+        train_sae(x, SaeConfig(x.shape[1], hp.expansion, hp.k), hp, device=CPU, select_dtype=torch.float32,
+                  ckpt=ckpt, checkpoint_every_s=0.0, progress=False, on_step=poison)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("k-SAE training loss is nan at step 6")
+    assert "last good checkpoint" in message and "sae.lr" in message
+    assert torch.load(ckpt / "state.pt", weights_only=True)["step"] == 5
