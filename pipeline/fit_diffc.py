@@ -28,7 +28,7 @@ from pipeline.diffc_train import DiffcFit, fit_diffc, training_fingerprint
 from pipeline.loaders import FmapLoader
 from pipeline.paths import checkpoint_dir, diffc_curve, diffc_dir, features_store
 from pipeline.store import StoreError, open_store, provenance_hash
-from pipeline.timings import record_timing
+from pipeline.timings import record_fit_timing
 
 CURVE_FIELDS = ("epoch", "train_loss", "test_loss", "test_top1", "test_top5", "lr")
 
@@ -90,11 +90,5 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     os.replace(tmp, out_dir)
     write_curve(diffc_curve(params.dataset, params.model, params.layer, params.t, root), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
-    print(f"Diff-C trained for {fit.train_seconds:.1f} s, {fit.samples_per_s:.0f} samples/s")
-    record_timing(
-        "fit_diffc",
-        params,
-        {"train_seconds": fit.train_seconds, "train_samples_per_s": fit.samples_per_s, "resumed_from": fit.resumed_from},
-        root,
-    )
+    record_fit_timing("fit_diffc", "Diff-C", params, fit, root)
     return metrics

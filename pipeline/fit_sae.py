@@ -32,7 +32,7 @@ from pipeline.sae import SaeConfig, save_sae
 from pipeline.sae_codes import SplitScan, scan_split
 from pipeline.sae_train import CURVE_FIELDS, SaeFit, dead_window, train_sae
 from pipeline.store import StoreError, open_store, provenance_hash
-from pipeline.timings import record_timing
+from pipeline.timings import record_fit_timing
 
 
 def _split_metrics(scan: SplitScan) -> dict[str, Any]:
@@ -142,11 +142,5 @@ def run_fit_sae(params: Params, root: Path = Path("."), *, progress: bool = True
     os.replace(tmp, out_dir)
     write_curve(sae_curve(params.dataset, params.model, params.layer, params.t, root), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
-    print(f"k-SAE trained for {fit.train_seconds:.1f} s, {fit.samples_per_s:.0f} samples/s")
-    record_timing(
-        "fit_sae",
-        params,
-        {"train_seconds": fit.train_seconds, "train_samples_per_s": fit.samples_per_s, "resumed_from": fit.resumed_from},
-        root,
-    )
+    record_fit_timing("fit_sae", "k-SAE", params, fit, root)
     return metrics

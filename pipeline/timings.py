@@ -61,6 +61,15 @@ def timing_key(stage: str, params: Params) -> str:
     return "/".join(f"t{params.t}" if n == "t" else str(getattr(params, n)) for n in names)
 
 
+def record_fit_timing(stage: str, what: str, params: Params, fit: Any, root: Path = Path(".")) -> Path:
+    """Print and record a finished training loop's speed: `fit` has `train_seconds`,
+    `samples_per_s` and `resumed_from` (the k-SAE's and Diff-C's fit results)."""
+    print(f"{what} trained for {fit.train_seconds:.1f} s, {fit.samples_per_s:.0f} samples/s")
+    fields = {"train_seconds": fit.train_seconds, "train_samples_per_s": fit.samples_per_s,
+              "resumed_from": fit.resumed_from}
+    return record_timing(stage, params, fields, root)
+
+
 def record_timing(stage: str, params: Params, fields: dict[str, Any], root: Path = Path(".")) -> Path:
     """Merge `fields` into the entry of `stage` and the params' key in `reports/timings.json`,
     with the machine facts and the time of recording; returns the file's path.

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 import pytest
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
@@ -259,22 +258,14 @@ def test_trained_model_loads_through_the_adapter(baseline):
     assert torch.equal(taps["up_ft0"], seen["up_ft0"])
 
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-
-
-def test_embedded_recipe_in_bf16_tracks_fp32_on_fashion_mnist(tmp_path):
+def test_embedded_recipe_in_bf16_tracks_fp32_on_fashion_mnist(tmp_path, fashion_mnist_train, default_params_raw):
     """The embedded default's architecture and recipe (params.yaml's model_train) for 200
     steps of 16 Fashion-MNIST images at 32 px, in bf16 (what `auto` picks on CPUs with bf16
     units, CI's included) and in fp32 from the same seed: every step's loss is finite (the
     loop stops otherwise), both learn (held-out ε-MSE at t=25 below half the
     initialisation's), and bf16's held-out ε-MSE is within 10% of fp32's (measured at batch 32: 0.3%)."""
-    if not FASHION.exists():
-        pytest.skip(f"{FASHION} missing: `make test` installs Debian's dataset-fashion-mnist")
-    from pipeline.datasets import fashion_mnist_arrays
-
-    images, _ = fashion_mnist_arrays("train", tmp_path / "raw", download=False)
-    images = np.asarray(images[:2200])
-    default = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["model_train"]
+    images = np.asarray(fashion_mnist_train[:2200])
+    default = default_params_raw["model_train"]
     heldout = {}
     torch.set_num_threads(_DEFAULT_THREADS)  # as the stage runs (the module's fixture pins 1)
     for dtype in ("bf16", "fp32"):
