@@ -31,8 +31,8 @@ from bench.extract import SD15_VAE_CONFIG  # noqa: E402
 from pipeline.backbones.base import Conditioning, extract_taps  # noqa: E402
 from pipeline.backbones.synthetic import SD15_TEXT_SHAPE, sd15_in_memory  # noqa: E402
 from pipeline.devices import resolve_device, resolve_dtype  # noqa: E402
-from pipeline.diffc import DiffcConfig, build_diffc  # noqa: E402
-from pipeline.diffc_train import predict_topk  # noqa: E402
+from pipeline.diffc.model import DiffcConfig, build_diffc  # noqa: E402
+from pipeline.diffc.train import predict_topk  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

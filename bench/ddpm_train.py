@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 
 from pipeline.config import load_params
-from pipeline.ddpm_train import build_scheduler, build_unet
+from pipeline.embedded.train import build_scheduler, build_unet
 
 
 def time_steps(amp: torch.dtype | None, batch_size: int, steps: int, warmup: int) -> float:

@@ -3,7 +3,7 @@
     python -m bench.diffc [--device auto] [--steps N] [--warmup N] [--batch 16] [--degenerate]
                           [--channels 1280] [--size 32] [--width 1024] [--classes 37]
 
-(a) Training: samples/s of one full step of `pipeline.diffc_train.train_step` (forward,
+(a) Training: samples/s of one full step of `pipeline.diffc.train.train_step` (forward,
     cross-entropy, backward, AdamW) on random maps shaped like SD-1.5 up_ft1 at 512 px
     (1280×32×32), batch 16, width 1024, 37 classes (Oxford-IIIT Pet), in
     - fp32 with contiguous (NCHW) tensors: the baseline, and
@@ -44,8 +44,8 @@ if not __package__:  # run as `python bench/diffc.py`: make the repository root 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.devices import resolve_device, resolve_dtype
-from pipeline.diffc import ConvBlock, DiffcConfig, build_diffc, num_parameters
-from pipeline.diffc_train import predict_topk, to_input, train_step
+from pipeline.diffc.model import ConvBlock, DiffcConfig, build_diffc, num_parameters
+from pipeline.diffc.train import predict_topk, to_input, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -210,8 +210,8 @@ def bench_loader(args: argparse.Namespace, device: torch.device, amp: torch.dtyp
 
     import numpy as np
 
-    from pipeline.loaders import FmapLoader
-    from pipeline.store import ArraySpec, create_store
+    from pipeline.features.loaders import FmapLoader
+    from pipeline.features.store import ArraySpec, create_store
 
     n, shape = args.loader_samples, (args.channels, args.size, args.size)
     tmp = Path(tempfile.mkdtemp(prefix="bench-diffc-loader-"))

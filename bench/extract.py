@@ -31,8 +31,8 @@ import torch
 from pipeline.backbones.base import Conditioning, extract_taps
 from pipeline.backbones.synthetic import SD15_TEXT_SHAPE, sd15_in_memory
 from pipeline.devices import resolve_device, resolve_dtype
-from pipeline.loaders import FmapLoader
-from pipeline.store import ArraySpec, create_store
+from pipeline.features.loaders import FmapLoader
+from pipeline.features.store import ArraySpec, create_store
 
 # stable-diffusion-v1-5's vae/config.json, spelt out (no download here).
 SD15_VAE_CONFIG = dict(

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.devices import resolve_device, resolve_dtype  # noqa: E402
-from pipeline.sae import KSae, SaeConfig  # noqa: E402
+from pipeline.sae.model import KSae, SaeConfig  # noqa: E402
 
 
 def synthetic_activations(n: int, d: int, atoms: int, active: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -142,8 +142,8 @@ def main() -> None:
         os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
     n_train = args.batch * args.steps
     if args.features is not None:
-        from pipeline.loaders import load_pooled
-        from pipeline.store import open_store
+        from pipeline.features.loaders import load_pooled
+        from pipeline.features.store import open_store
 
         store = open_store(args.features)
         pooled = torch.from_numpy(load_pooled(store, "train").x)

@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from pipeline.store import open_store
+from pipeline.features.store import open_store
 
 CANDIDATES = {
     "none": None,

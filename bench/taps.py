@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 
 from pipeline.backbones.base import Conditioning
+from pipeline.backbones.noise import batch_noise
 from pipeline.backbones.synthetic import SD15_TEXT_SHAPE, sd15_in_memory
 from pipeline.devices import resolve_device, resolve_dtype
-from pipeline.noise import batch_noise
 
 T_STEP = 25
 

@@ -9,7 +9,8 @@ import typer
 import yaml
 
 from pipeline.backbones.registry import BACKBONES
-from pipeline.config import DATASETS, ConfigError, load_params
+from pipeline.config import DATASETS, load_params
+from pipeline.errors import ConfigError
 
 app = typer.Typer(
     help="Interpret diffusion models: cached activations, k-SAEs, Diff-C and the paper's figures.\n\n"
@@ -99,7 +100,7 @@ def _fail(exc: Exception) -> None:
 @features_app.command("ls")
 def features_ls(root: Path = FeaturesRoot, as_json: bool = JsonOpt) -> None:
     """Every cached store: key, shapes, size on disk, completeness."""
-    from pipeline.store_inspect import find_stores, summary
+    from pipeline.features.inspect import find_stores, summary
 
     rows = [summary(p, root) for p in find_stores(root)]
     if as_json:
@@ -118,8 +119,8 @@ def features_ls(root: Path = FeaturesRoot, as_json: bool = JsonOpt) -> None:
 @features_app.command("info")
 def features_info(key: str, root: Path = FeaturesRoot, as_json: bool = JsonOpt) -> None:
     """Arrays (dtype, chunks, shards, codecs) and provenance of one store."""
-    from pipeline.store import StoreError
-    from pipeline.store_inspect import info, resolve_key
+    from pipeline.errors import StoreError
+    from pipeline.features.inspect import info, resolve_key
 
     try:
         data = info(resolve_key(key, root))
@@ -148,8 +149,8 @@ def features_show(
     as_json: bool = JsonOpt,
 ) -> None:
     """One sample: its image (manifest row, class) and its pooled vector's statistics."""
-    from pipeline.store import StoreError
-    from pipeline.store_inspect import resolve_key, show
+    from pipeline.errors import StoreError
+    from pipeline.features.inspect import resolve_key, show
 
     try:
         data = show(resolve_key(key, root), split, index)
@@ -185,12 +186,12 @@ def classify(
     as_json: bool = JsonOpt,
 ) -> None:
     """Top classes per image: backbone features at the Diff-C's (layer, t), then Diff-C."""
-    from pipeline.classify import classify as run, load_classifier
-    from pipeline.paths import diffc_dir
-    from pipeline.stage_errors import USER_ERRORS
+    from pipeline.diffc.classify import classify as run
+    from pipeline.diffc.classify import load_classifier
+    from pipeline.errors import USER_ERRORS
 
     p = _params_or_exit(params)
-    folder = diffc or diffc_dir(p.dataset, p.model, p.layer, p.t)
+    folder = diffc or p.key.diffc_dir()
     if not (folder / "config.json").is_file():
         _fail(FileNotFoundError(f"{folder}: no fitted Diff-C here (run `dvc repro fit_diffc`, or pass --diffc)"))
     missing = [str(i) for i in images if not i.is_file()]
@@ -225,7 +226,14 @@ def compare(
 ) -> None:
     """The paper's tables (by layer, timestep, model, prompt) for whatever was run, with the
     paper's own numbers beside matching configurations."""
-    from pipeline.compare import records_from_exp_show, records_from_folders, table_name, tables, to_csv, to_markdown
+    from pipeline.report.compare import (
+        records_from_exp_show,
+        records_from_folders,
+        table_name,
+        tables,
+        to_csv,
+        to_markdown,
+    )
 
     try:
         if folders:
@@ -251,7 +259,7 @@ def compare(
             (out / f"{table_name(table)}.md").write_text(to_markdown(table))
             (out / f"{table_name(table)}.csv").write_text(to_csv(table))
     if plot:
-        from pipeline.figures import plot_curves
+        from pipeline.report.figures import plot_curves
 
         target = out if out and str(out) else Path("reports/compare")
         drawn = plot_curves(found, target)
@@ -270,7 +278,7 @@ def check_metrics_cmd(
     """Check that a run reproduces the committed results: Diff-C top-1 within ±1.5 points, σ_label
     within ±0.15, and the trained backbone's held-out ε-MSE at t=25 below half the
     initialisation's. Exit 1 naming each metric that is off (CI runs this after `make repro`)."""
-    from pipeline.reproduce import check_metrics, committed_metrics
+    from pipeline.report.reproduce import check_metrics, committed_metrics
 
     try:
         current = json.loads(metrics.read_text())

@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.backbones.registry import BACKBONES, get_backbone
+from pipeline.errors import ConfigError
+from pipeline.paths import Key
 
 # Dataset name → the domain word used in prompts ("a photo of a {class}, a type of {domain}").
 DATASETS: dict[str, str] = {
@@ -34,10 +36,6 @@ DATASETS: dict[str, str] = {
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "fp32", "bf16", "fp16"]
-
-
-class ConfigError(ValueError):
-    """A parameter problem, phrased as one line for the user."""
 
 
 class _Group(BaseModel):
@@ -223,6 +221,17 @@ class Params(_Group):
         return spec.layer_names(len(self.model_train.channels) if spec.embedded else None)
 
     @property
+    def num_train_timesteps(self) -> int:
+        """T of the model's scheduler: `t` lies in [0, T)."""
+        spec = self.backbone
+        return self.model_train.num_train_timesteps if spec.embedded else spec.num_train_timesteps
+
+    @property
+    def key(self) -> Key:
+        """The study cell these params select (its outputs' paths: `Key`)."""
+        return Key(self.dataset, self.model, self.layer, self.t)
+
+    @property
     def domain(self) -> str:
         return DATASETS[self.dataset]
 
@@ -232,9 +241,14 @@ class Params(_Group):
         layers = self.layer_names()
         if self.layer not in layers:
             raise ValueError(_one_of("layer", self.layer, layers, f"for model {self.model}"))
-        T = self.model_train.num_train_timesteps if spec.embedded else spec.num_train_timesteps
+        T = self.num_train_timesteps
         if not 0 <= self.t < T:
             raise ValueError(f"t = {self.t} is out of range for model {self.model}: expected 0 <= t < {T}")
+        if self.extract.dit_noise != "add" and spec.family != "dit":
+            raise ValueError(
+                f"extract.dit_noise = {self.extract.dit_noise!r} applies to DiT models only, not {self.model}: "
+                f"use extract.dit_noise: add"
+            )
         if self.prompt != "empty" and not spec.conditional_text:
             raise ValueError(
                 f"prompt = {self.prompt!r} is invalid for model {self.model}, which takes no text "

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.errors import ConfigError
+
 _DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # /proc/cpuinfo flags meaning the CPU has native bf16 matrix / dot-product instructions.
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -29,13 +31,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
+        raise ConfigError(
             "device = 'cuda' was asked for but no CUDA device is available; use device: auto or cpu"
         )
     if name == "mps" and not _mps_available():
-        raise ValueError("device = 'mps' was asked for but MPS is not available; use device: auto or cpu")
+        raise ConfigError("device = 'mps' was asked for but MPS is not available; use device: auto or cpu")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise ValueError(f"device = {name!r} is invalid; valid: auto, cpu, cuda, mps")
+        raise ConfigError(f"device = {name!r} is invalid; valid: auto, cpu, cuda, mps")
     return torch.device(name)
 
 
@@ -46,7 +48,7 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
         try:
             return _DTYPES[name]
         except KeyError:
-            raise ValueError(f"dtype = {name!r} is invalid; valid: auto, {', '.join(_DTYPES)}") from None
+            raise ConfigError(f"dtype = {name!r} is invalid; valid: auto, {', '.join(_DTYPES)}") from None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":

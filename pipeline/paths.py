@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -28,24 +29,45 @@ def latents_store(dataset: str, model: str, root: Path = Path(".")) -> Path:
     return root / "features" / dataset / model / "latents.zarr"
 
 
-def features_store(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
-    return root / "features" / dataset / model / layer / f"t{t}.zarr"
 
 
-def sae_dir(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
-    return root / "models" / "sae" / dataset / model / layer / f"t{t}"
 
 
-def sae_curve(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
-    return root / "reports" / "sae" / dataset / model / layer / f"t{t}.csv"
 
+@dataclass(frozen=True)
+class Key:
+    """One cell of a study: which features of which model, `dataset/model/layer/t<t>`.
 
-def diffc_dir(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
-    return root / "models" / "diffc" / dataset / model / layer / f"t{t}"
+    The feature store, the k-SAE, Diff-C and their curves of a key live under the same
+    relative path in their folders (dvc.yaml's `${dataset}/${model}/${layer}/t${t}`), so a
+    key visited before is restored from DVC's run cache. `Params.key` is the current one.
+    """
 
+    dataset: str
+    model: str
+    layer: str
+    t: int
 
-def diffc_curve(dataset: str, model: str, layer: str, t: int, root: Path = Path(".")) -> Path:
-    return root / "reports" / "diffc" / dataset / model / layer / f"t{t}.csv"
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.layer}/t{self.t}"
+
+    def with_layer(self, layer: str) -> Key:
+        return Key(self.dataset, self.model, layer, self.t)
+
+    def features_store(self, root: Path = Path(".")) -> Path:
+        return root / "features" / self.dataset / self.model / self.layer / f"t{self.t}.zarr"
+
+    def sae_dir(self, root: Path = Path(".")) -> Path:
+        return root / "models" / "sae" / str(self)
+
+    def sae_curve(self, root: Path = Path(".")) -> Path:
+        return root / "reports" / "sae" / f"{self}.csv"
+
+    def diffc_dir(self, root: Path = Path(".")) -> Path:
+        return root / "models" / "diffc" / str(self)
+
+    def diffc_curve(self, root: Path = Path(".")) -> Path:
+        return root / "reports" / "diffc" / f"{self}.csv"
 
 
 def metrics_path(root: Path = Path(".")) -> Path:

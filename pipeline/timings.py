@@ -21,8 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
-from pipeline.paths import reports_dir
+from pipeline.paths import Key, reports_dir
 
 # The key fields each stage's output depends on (dvc.yaml's path templates); the rest: all four.
 _KEY_FIELDS = {"data": ("dataset",), "model": ("model",), "encode": ("dataset", "model")}
@@ -56,22 +55,22 @@ def _cpu_model() -> str | None:
     return None
 
 
-def timing_key(stage: str, params: Params) -> str:
+def timing_key(stage: str, key: Key) -> str:
     names = _KEY_FIELDS.get(stage, ("dataset", "model", "layer", "t"))
-    return "/".join(f"t{params.t}" if n == "t" else str(getattr(params, n)) for n in names)
+    return "/".join(f"t{key.t}" if n == "t" else str(getattr(key, n)) for n in names)
 
 
-def record_fit_timing(stage: str, what: str, params: Params, fit: Any, root: Path = Path(".")) -> Path:
+def record_fit_timing(stage: str, what: str, key: Key, fit: Any, root: Path = Path(".")) -> Path:
     """Print and record a finished training loop's speed: `fit` has `train_seconds`,
     `samples_per_s` and `resumed_from` (the k-SAE's and Diff-C's fit results)."""
     print(f"{what} trained for {fit.train_seconds:.1f} s, {fit.samples_per_s:.0f} samples/s")
     fields = {"train_seconds": fit.train_seconds, "train_samples_per_s": fit.samples_per_s,
               "resumed_from": fit.resumed_from}
-    return record_timing(stage, params, fields, root)
+    return record_timing(stage, key, fields, root)
 
 
-def record_timing(stage: str, params: Params, fields: dict[str, Any], root: Path = Path(".")) -> Path:
-    """Merge `fields` into the entry of `stage` and the params' key in `reports/timings.json`,
+def record_timing(stage: str, key: Key, fields: dict[str, Any], root: Path = Path(".")) -> Path:
+    """Merge `fields` into the entry of `stage` and `key` in `reports/timings.json`,
     with the machine facts and the time of recording; returns the file's path.
 
     Read, update and replaced atomically (a kill leaves the old file). A torn or foreign file
@@ -84,7 +83,7 @@ def record_timing(stage: str, params: Params, fields: dict[str, Any], root: Path
             table = {}
     except (OSError, ValueError):
         table = {}
-    entry = table.setdefault(stage, {}).setdefault(timing_key(stage, params), {})
+    entry = table.setdefault(stage, {}).setdefault(timing_key(stage, key), {})
     entry.update(fields)
     entry["machine"] = machine_facts()
     entry["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -9,13 +9,9 @@ stderr and exit status 1; a parameter problem exits with status 2.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
-from pipeline.config import load_params_or_exit
-from pipeline.datasets import BuildResult, DataError, build_dataset
-from pipeline.timings import record_timing
+from pipeline.config import Params
+from pipeline.data.datasets import BuildResult, build_dataset
+from stages._entry import run_stage
 
 
 def summary(result: BuildResult) -> str:
@@ -33,19 +29,12 @@ def summary(result: BuildResult) -> str:
     return "\n".join(lines)
 
 
+def _report(params: Params, result: BuildResult, seconds: float) -> str:
+    return summary(result)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.data", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params_or_exit(args.params)
-    try:
-        result = build_dataset(params, Path("."))
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    record_timing("data", params, {"seconds": round(result.seconds, 2)})
-    print(summary(result))
-    return 0
+    return run_stage("data", __doc__, build_dataset, _report, argv)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Several processes: `torchrun --nproc_per_node N -m stages.encode`.
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.encode import run_encode
-from pipeline.store import FeatureStore
-from stages._backbone_stage import run_backbone_stage
+from pipeline.features.encode import run_encode
+from pipeline.features.store import FeatureStore
+from stages._backbone import on_backbone, processes
+from stages._entry import run_stage
 
 
 def _report(params: Params, store: FeatureStore, seconds: float) -> str:
@@ -17,9 +18,9 @@ def _report(params: Params, store: FeatureStore, seconds: float) -> str:
     return f"encoded {params.dataset} with {params.model}: {shapes} in {seconds:.1f} s → {store.path}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    run_backbone_stage("python -m stages.encode", __doc__.splitlines()[0], run_encode, _report, argv)
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("encode", __doc__, on_backbone(run_encode), _report, argv, timing=processes)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

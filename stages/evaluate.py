@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Params
-from pipeline.evaluate import run_evaluate
 from pipeline.paths import metrics_path
-from stages._stage import run_stage
+from pipeline.report.evaluate import run_evaluate
+from stages._entry import run_stage
 
 
 def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
@@ -24,7 +24,7 @@ def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("python -m stages.evaluate", __doc__.splitlines()[0], run_evaluate, _report, argv)
+    return run_stage("evaluate", __doc__, run_evaluate, _report, argv)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Several processes: `torchrun --nproc_per_node N -m stages.extract` (one writer p
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.extract import run_extract
-from pipeline.store import FeatureStore
-from stages._backbone_stage import run_backbone_stage
+from pipeline.features.extract import run_extract
+from pipeline.features.store import FeatureStore
+from stages._backbone import on_backbone, processes
+from stages._entry import run_stage
 
 
 def _report(params: Params, store: FeatureStore, seconds: float) -> str:
@@ -18,9 +19,9 @@ def _report(params: Params, store: FeatureStore, seconds: float) -> str:
     return f"extracted {params.layer} at t={params.t}: {n} samples, pooled {pooled} in {seconds:.1f} s → {store.path}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    run_backbone_stage("python -m stages.extract", __doc__.splitlines()[0], run_extract, _report, argv)
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("extract", __doc__, on_backbone(run_extract), _report, argv, timing=processes)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Params
-from pipeline.fit_diffc import run_fit_diffc
-from pipeline.paths import diffc_dir
-from stages._stage import run_stage
+from pipeline.diffc.fit import run_fit_diffc
+from stages._entry import run_stage
 
 
 def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
@@ -22,12 +21,12 @@ def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
         f"Diff-C {params.layer} t={params.t}: test top-1 {100 * m['test_top1']:.1f}%, top-5 "
         f"{100 * m['test_top5']:.1f}% after {m['epochs']} epochs ({m['num_parameters']:,} parameters) "
         f"in {seconds:.1f} s "
-        f"→ {diffc_dir(params.dataset, params.model, params.layer, params.t)}"
+        f"→ {params.key.diffc_dir()}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("python -m stages.fit_diffc", __doc__.splitlines()[0], run_fit_diffc, _report, argv)
+    return run_stage("fit_diffc", __doc__, run_fit_diffc, _report, argv)
 
 
 if __name__ == "__main__":

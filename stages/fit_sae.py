@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Params
-from pipeline.fit_sae import run_fit_sae
-from pipeline.paths import sae_dir
-from stages._stage import run_stage
+from pipeline.sae.fit import run_fit_sae
+from stages._entry import run_stage
 
 
 def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
@@ -24,12 +23,12 @@ def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
         f"FVU train {m['train']['fvu']:.4f} test {test.get('fvu', float('nan')):.4f}, "
         f"L0 {m['train']['l0']:.1f}, dead {m['train']['dead_pct']:.1f}%, "
         f"never fired {m['train']['never_fired_pct']:.1f}% in {seconds:.1f} s "
-        f"→ {sae_dir(params.dataset, params.model, params.layer, params.t)}"
+        f"→ {params.key.sae_dir()}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("python -m stages.fit_sae", __doc__.splitlines()[0], run_fit_sae, _report, argv)
+    return run_stage("fit_sae", __doc__, run_fit_sae, _report, argv)
 
 
 if __name__ == "__main__":

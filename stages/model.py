@@ -4,7 +4,7 @@
   cache, else a download unless HF_HUB_OFFLINE) and write `models/backbones/<model>/lock.json`
   (snapshot, revision, sha256 of every file the adapter loads); the weights stay where they are.
 - tiny-sd / tiny-dit: build the random-weight models into `models/backbones/<model>/`.
-- fmnist-ddpm (embedded): train it into `models/backbones/<model>/` (pipeline.ddpm_train), with
+- fmnist-ddpm (embedded): train it into `models/backbones/<model>/` (pipeline.embedded.train), with
   its training curve and sample grid.
 Every case ends with the lock, so downstream stages depend on one small file whose content
 changes exactly when the weights do. A `model_path` always wins: those weights are locked
@@ -13,20 +13,17 @@ as they are, nothing is built or trained.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
-import time
 from pathlib import Path
 
 from pipeline.backbones.weights import lock_record, resolve_weights, write_lock
-from pipeline.config import Params, load_params_or_exit
+from pipeline.config import Params
 from pipeline.paths import backbone_dir
-from pipeline.stage_errors import USER_ERRORS
 from pipeline.timings import record_timing
+from stages._entry import run_stage
 
 
-def run(params: Params, root: Path = Path("."), *, cache_dir: str | Path | None = None) -> Path:
+def run_model(params: Params, root: Path = Path("."), *, cache_dir: str | Path | None = None) -> Path:
     """Do the stage's work; returns the lock file written."""
     spec = params.backbone
     out = backbone_dir(params.model, root)
@@ -39,14 +36,14 @@ def run(params: Params, root: Path = Path("."), *, cache_dir: str | Path | None 
         build_synthetic(spec.name, out)
     elif params.model_path is None and spec.embedded:
         # Imported here: training pulls in the dataset code, which hub models never need.
-        from pipeline.ddpm_train import train_and_save
+        from pipeline.embedded.train import train_and_save
 
         # Its training curve and sample grid go next to the weights: this folder is the stage's
         # only DVC output, so anything written elsewhere would be untracked.
         result = train_and_save(params, out, out)
         record_timing(
             "model",
-            params,
+            params.key,
             {
                 "train_seconds": round(result.train_seconds, 2),
                 "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),
@@ -59,21 +56,13 @@ def run(params: Params, root: Path = Path("."), *, cache_dir: str | Path | None 
     return write_lock(lock_record(params.model, weights, root=root, cache_dir=cache_dir), out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.model", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params_or_exit(args.params)
-    start = time.perf_counter()
-    try:
-        lock = run(params)
-    except USER_ERRORS as exc:
-        # A missing or wrong model, a diverged training run: one clear message, no traceback.
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    record_timing("model", params, {"seconds": round(time.perf_counter() - start, 2)})
-    print(f"model {params.model}: weights locked in {lock}")
+def _report(params: Params, lock: Path, seconds: float) -> str:
+    return f"model {params.model}: weights locked in {lock}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("model", __doc__, run_model, _report, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.render import run_render
-from stages._stage import run_stage
+from pipeline.report.render import run_render
+from stages._entry import run_stage
 
 
 def _report(params: Params, written: list[Path], seconds: float) -> str:
@@ -22,7 +22,7 @@ def _report(params: Params, written: list[Path], seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("python -m stages.render", __doc__.splitlines()[0], run_render, _report, argv)
+    return run_stage("render", __doc__, run_render, _report, argv)
 
 
 if __name__ == "__main__":

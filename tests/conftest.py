@@ -26,7 +26,7 @@ def default_params_raw() -> dict:
 def fashion_mnist_train(tmp_path_factory: pytest.TempPathFactory):
     """Fashion-MNIST's train images, uint8 (60000, 28, 28), from Debian's package (offline);
     skips where it is not installed (`make test` installs it)."""
-    from pipeline.datasets import SYSTEM_FASHION_MNIST, fashion_mnist_arrays
+    from pipeline.data.datasets import SYSTEM_FASHION_MNIST, fashion_mnist_arrays
 
     if not (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"{SYSTEM_FASHION_MNIST} missing: `make test` installs Debian's dataset-fashion-mnist")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store import ArraySpec, FeatureStore, create_store
+from pipeline.features.store import ArraySpec, FeatureStore, create_store
 
 
 def write_feature_store(

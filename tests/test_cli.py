@@ -45,7 +45,7 @@ def test_models_lists_layers() -> None:
 def _tiny_store(features: Path) -> None:
     import numpy as np
 
-    from pipeline.store import ArraySpec, open_or_create_staging, publish
+    from pipeline.features.store import ArraySpec, open_or_create_staging, publish
 
     final = features / "digits" / "tiny-sd" / "up_ft1" / "t25.zarr"
     prov = {"kind": "features", "dataset": "digits", "layer": "up_ft1", "t": 25}

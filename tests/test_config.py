@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Params, load_params, parse_params
+from pipeline.config import Params, load_params, parse_params
+from pipeline.errors import ConfigError
 
 
 def _error(raw: dict) -> str:

@@ -39,15 +39,15 @@ def stale_entries(status: dict, tracked: list[str]) -> list[str]:
 def test_stale_entries_picks_code_and_params_only() -> None:
     status = {
         "fit_sae": [
-            {"changed deps": {"pipeline/sae.py": "modified", "features/x/t25.zarr": "deleted"}},
+            {"changed deps": {"pipeline/sae/model.py": "modified", "features/x/t25.zarr": "deleted"}},
             {"changed outs": {"models/sae/x": "not in cache"}},
         ],
         "model": [{"changed deps": {"pipeline/backbones": "modified"}}, {"changed params": {"params.yaml": {"model_train.steps": "modified"}}}],
         "data": ["always changed"],
     }
-    tracked = ["pipeline/sae.py", "pipeline/backbones/sd.py"]
+    tracked = ["pipeline/sae/model.py", "pipeline/backbones/sd.py"]
     assert stale_entries(status, tracked) == [
-        "fit_sae: pipeline/sae.py (modified)",
+        "fit_sae: pipeline/sae/model.py (modified)",
         "model: pipeline/backbones (modified)",
         "model: params.yaml:model_train.steps (modified)",
     ]

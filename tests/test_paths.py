@@ -20,7 +20,7 @@ def _render(text: str, params: dict) -> str:
 def test_stage_outputs_match_paths(default_params_raw):
     p = default_params_raw
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    key = (p["dataset"], p["model"], p["layer"], p["t"])
+    key = paths.Key(p["dataset"], p["model"], p["layer"], p["t"])
 
     def outs(stage: str) -> list[str]:
         return [_render(next(iter(o)) if isinstance(o, dict) else o, p) for o in stages[stage].get("outs", [])]
@@ -31,9 +31,9 @@ def test_stage_outputs_match_paths(default_params_raw):
     assert outs("data") == [str(paths.data_dir(p["dataset"]))]
     assert outs("model") == [str(paths.backbone_dir(p["model"]))]
     assert outs("encode") == [str(paths.latents_store(p["dataset"], p["model"]))]
-    assert outs("extract") == [str(paths.features_store(*key))]
-    assert outs("fit_sae") == [str(paths.sae_dir(*key))] and plots("fit_sae") == [str(paths.sae_curve(*key))]
-    assert outs("fit_diffc") == [str(paths.diffc_dir(*key))] and plots("fit_diffc") == [str(paths.diffc_curve(*key))]
+    assert outs("extract") == [str(key.features_store())]
+    assert outs("fit_sae") == [str(key.sae_dir())] and plots("fit_sae") == [str(key.sae_curve())]
+    assert outs("fit_diffc") == [str(key.diffc_dir())] and plots("fit_diffc") == [str(key.diffc_curve())]
     assert [next(iter(m)) for m in stages["evaluate"]["metrics"]] == [str(paths.metrics_path())]
     render = [o.replace("${render.select}", p["render"]["select"]) for o in outs("render")]
     assert render == [

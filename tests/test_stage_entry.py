@@ -1,4 +1,4 @@
-"""The shared stage body (stages/_stage.py): one line for a diverged run, timings recorded apart."""
+"""The one stage body (stages/_entry.py): one line for a diverged run, timings recorded apart."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoints import NonFiniteLoss
-from stages._stage import run_stage
+from pipeline.errors import NonFiniteLoss
+from stages._entry import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(work, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.chdir(tmp_path)
-    return run_stage("python -m stages.fit_diffc", "doc", work, lambda p, r, s: f"done {r}",
+    return run_stage("fit_diffc", "doc", work, lambda p, r, s: f"done {r}",
                      ["--params", str(REPO / "params.yaml")])
 
 

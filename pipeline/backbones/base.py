@@ -23,9 +23,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pipeline.backbones.noise import batch_noise, check_timestep
 from pipeline.backbones.registry import BackboneSpec
 from pipeline.backbones.weights import ResolvedWeights
-from pipeline.noise import batch_noise, check_timestep
 
 CondKind = Literal["text", "class", "none"]
 NoiseMode = Literal["add", "embed_only"]
@@ -339,7 +339,7 @@ def extract_taps(
     """Taps averaged over `ensemble` seeded noise draws (DIFT averages 8), in fp32.
 
     indices / views: each sample's manifest row and view, which with `seed` and the draw number
-    fully determine its noise (pipeline.noise). Draws are summed in a fixed order, so the
+    fully determine its noise (pipeline.backbones.noise). Draws are summed in a fixed order, so the
     average is as reproducible as a single draw. A backbone that adds no noise (DiT
     "embed_only") is run once: its draws would all be equal.
     """

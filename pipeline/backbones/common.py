@@ -12,16 +12,13 @@ from torch import nn
 
 from pipeline.backbones.registry import BackboneSpec
 from pipeline.backbones.weights import ResolvedWeights
+from pipeline.errors import WeightsMismatch
 
 T = TypeVar("T")
 
 # ITU-R BT.601 luma: how an RGB image becomes the grayscale a 1-channel model was trained on
 # (torchvision's Grayscale uses the same weights). Linear, so it commutes with the [-1, 1] scaling.
 _LUMA = (0.299, 0.587, 0.114)
-
-
-class WeightsMismatch(ValueError):
-    """Weights whose structure disagrees with what the registry / params expect."""
 
 
 def lazy(load: Callable[[], T]) -> Callable[[], T]:

@@ -10,15 +10,10 @@ from __future__ import annotations
 import torch
 
 from pipeline.backbones.base import Backbone, Conditioning, NoiseMode
-from pipeline.backbones.common import (
-    WeightsMismatch,
-    check_layer_names,
-    load_scheduler,
-    pixel_encoder,
-    unet_layer_modules,
-)
+from pipeline.backbones.common import check_layer_names, load_scheduler, pixel_encoder, unet_layer_modules
 from pipeline.backbones.registry import BackboneSpec
 from pipeline.backbones.weights import ResolvedWeights
+from pipeline.errors import WeightsMismatch
 
 
 def load(
@@ -30,8 +25,6 @@ def load(
 ) -> Backbone:
     from diffusers import UNet2DModel
 
-    if noise_mode != "add":
-        raise ValueError(f"noise mode {noise_mode!r} is only for DiT models, not {spec.name}")
     unet = (
         UNet2DModel.from_pretrained(weights.path, subfolder=weights.subfolder("unet"), torch_dtype=dtype)
         .to(device)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from pipeline.backbones.base import Backbone, Conditioning, NoiseMode
-from pipeline.backbones.common import WeightsMismatch, check_layer_names, lazy, load_scheduler, vae_encoder
+from pipeline.backbones.common import check_layer_names, lazy, load_scheduler, vae_encoder
 from pipeline.backbones.registry import BackboneSpec
 from pipeline.backbones.weights import ResolvedWeights
+from pipeline.errors import WeightsMismatch
 
 
 def load(

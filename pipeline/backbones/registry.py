@@ -11,7 +11,7 @@ from typing import Literal
 
 Family = Literal["sd", "dit", "if", "ddpm"]
 InputSpace = Literal["latent", "pixel"]
-Conditioning = Literal["text", "class", "none"]
+ConditioningKind = Literal["text", "class", "none"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class BackboneSpec:
     # Hub repository id; None for models the pipeline builds or trains itself.
     hub_id: str | None
     input_space: InputSpace
-    conditioning: Conditioning
+    conditioning: ConditioningKind
     # Raw training timesteps T: valid `t` are 0..T-1.
     num_train_timesteps: int
     # Number of UNet up blocks (layers up_ft0..up_ft{n-1}) or DiT transformer blocks.

@@ -41,8 +41,6 @@ def load(
 ) -> Backbone:
     from diffusers import UNet2DConditionModel
 
-    if noise_mode != "add":
-        raise ValueError(f"noise mode {noise_mode!r} is only for DiT models, not {spec.name}")
     unet = (
         UNet2DConditionModel.from_pretrained(
             weights.path, subfolder=weights.subfolder("unet"), torch_dtype=dtype

@@ -24,14 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.backbones.registry import BackboneSpec, Family
+from pipeline.errors import WeightsNotFound
 from pipeline.paths import backbone_dir
 
 Source = Literal["model_path", "hub", "local"]
 LOCK_NAME = "lock.json"
-
-
-class WeightsNotFound(RuntimeError):
-    """No usable weights; the message says where they were looked for and how to provide them."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipeline.backbones.load import load_backbone
+from pipeline.backbones.noise import batch_noise
 from pipeline.backbones.registry import get_backbone
 from pipeline.backbones.synthetic import build_tiny_if
-from pipeline.noise import batch_noise
 
 T_STEP = 25
 

@@ -49,7 +49,7 @@ def test_stage_builds_tiny_dit_and_locks_it(tmp_path: Path, default_params_raw: 
     # Rebuilding (in-process this time) gives the same bytes — fixed seed — hence the same
     # lock: DVC sees no change.
     params = parse_params(_params(default_params_raw, model="tiny-dit", layer="block2"))
-    assert model_stage.run(params, root=tmp_path) == out / "lock.json"
+    assert model_stage.run_model(params, root=tmp_path) == out / "lock.json"
     assert json.loads((out / "lock.json").read_text()) == lock
 
 
@@ -73,7 +73,7 @@ def test_stage_locks_a_model_path(
     params = parse_params(
         _params(default_params_raw, model="tiny-sd", layer="up_ft1", model_path=str(tiny_dirs["tiny-sd"]))
     )
-    lock_path = model_stage.run(params, root=tmp_path)
+    lock_path = model_stage.run_model(params, root=tmp_path)
     lock = json.loads(lock_path.read_text())
     assert lock_path == tmp_path / "models" / "backbones" / "tiny-sd" / "lock.json"
     assert lock["source"] == "model_path" and lock["snapshot"] == str(tiny_dirs["tiny-sd"].resolve())
@@ -84,7 +84,7 @@ def test_stage_locks_a_model_path(
 def test_stage_trains_the_embedded_model(
     tmp_path: Path, default_params_raw: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The embedded branch calls pipeline.ddpm_train.train_and_save(params, out_dir, reports_dir)
+    """The embedded branch calls pipeline.embedded.train.train_and_save(params, out_dir, reports_dir)
     (stood in for here by a builder of the same layout), then locks what it wrote."""
     calls: list[tuple] = []
 
@@ -94,10 +94,10 @@ def test_stage_trains_the_embedded_model(
         return types.SimpleNamespace(train_seconds=3.0, steps=2, wall_seconds=4.0, resumed_from=0)
 
     monkeypatch.setitem(
-        sys.modules, "pipeline.ddpm_train", types.SimpleNamespace(train_and_save=train_and_save)
+        sys.modules, "pipeline.embedded.train", types.SimpleNamespace(train_and_save=train_and_save)
     )
     params = parse_params(_params(default_params_raw))
-    lock_path = model_stage.run(params, root=tmp_path)
+    lock_path = model_stage.run_model(params, root=tmp_path)
     out = tmp_path / "models" / "backbones" / "fmnist-ddpm"
     assert calls == [(out, out)]  # reports beside the weights: the stage's only DVC output
     lock = json.loads(lock_path.read_text())

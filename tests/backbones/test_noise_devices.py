@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.backbones.noise import batch_noise, check_timestep, noise_seed, sample_noise
 from pipeline.devices import cpu_has_native_bf16, resolve_device, resolve_dtype
-from pipeline.noise import batch_noise, check_timestep, noise_seed, sample_noise
 
 
 def test_noise_rows_depend_only_on_their_own_key() -> None:

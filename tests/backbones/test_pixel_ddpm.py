@@ -10,10 +10,10 @@ import torch
 
 from pipeline.backbones.base import Conditioning, extract_taps
 from pipeline.backbones.common import to_channels
-from pipeline.backbones.conditioning import run_conditioning
 from pipeline.backbones.load import load_backbone
+from pipeline.backbones.noise import batch_noise
+from pipeline.backbones.prompts import run_conditioning
 from pipeline.backbones.registry import get_backbone
-from pipeline.noise import batch_noise
 
 T_STEP = 25
 
@@ -109,7 +109,7 @@ def test_embedded_layer_count_follows_the_weights(tiny_dirs: dict[str, Path]) ->
     bb = load_backbone(spec, model_path=tiny_dirs["tiny-ddpm"])
     assert bb.layer_names() == ["bottleneck", "up_ft0", "up_ft1", "up_ft2", "up_ft3"]
     # A hub model whose weights disagree with the registry is refused.
-    from pipeline.backbones.common import WeightsMismatch
+    from pipeline.errors import WeightsMismatch
 
     with pytest.raises(WeightsMismatch, match="registry expects"):
         load_backbone(replace(get_backbone("ddpm-cifar10"), num_blocks=3), model_path=tiny_dirs["tiny-ddpm"])
@@ -118,9 +118,9 @@ def test_embedded_layer_count_follows_the_weights(tiny_dirs: dict[str, Path]) ->
 def test_load_for_params_checks_layers_and_dit_noise(
     tiny_dirs: dict[str, Path], default_params_raw: dict
 ) -> None:
-    from pipeline.backbones.common import WeightsMismatch
-    from pipeline.backbones.load import load_for_params
     from pipeline.config import parse_params
+    from pipeline.errors import ConfigError, WeightsMismatch
+    from pipeline.features.backbone import load_for_params
 
     raw = {**default_params_raw, "model_path": str(tiny_dirs["tiny-ddpm"])}
     raw["extract"] = {**raw["extract"], "device": "cpu", "dtype": "fp32"}
@@ -132,5 +132,6 @@ def test_load_for_params_checks_layers_and_dit_noise(
     with pytest.raises(WeightsMismatch, match="rerun the model stage"):
         load_for_params(parse_params(three))
     embed_only = {**raw, "extract": {**raw["extract"], "dit_noise": "embed_only"}}
-    with pytest.raises(ValueError, match="applies to DiT models only"):
-        load_for_params(parse_params(embed_only))
+    # The noise mode is a params problem: refused when params load, naming the key.
+    with pytest.raises(ConfigError, match="extract.dit_noise = 'embed_only' applies to DiT models only"):
+        parse_params(embed_only)

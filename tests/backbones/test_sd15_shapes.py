@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from pipeline.backbones.base import Conditioning
+from pipeline.backbones.noise import batch_noise
 from pipeline.backbones.synthetic import SD15_TEXT_SHAPE, sd15_in_memory
-from pipeline.noise import batch_noise
 
 EXPECTED = {
     "bottleneck": (1280, 8, 8),

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.backbones.base import Backbone, Conditioning, extract_taps
 from pipeline.backbones.load import load_backbone
-from pipeline.noise import batch_noise
+from pipeline.backbones.noise import batch_noise
 
 T_STEP = 25
 SHUFFLED = [3, 6, 0, 5, 1, 4, 2]

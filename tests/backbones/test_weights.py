@@ -13,12 +13,12 @@ from pipeline.backbones.load import load_backbone
 from pipeline.backbones.registry import get_backbone
 from pipeline.backbones.weights import (
     FAMILY_COMPONENTS,
-    WeightsNotFound,
     lock_record,
     resolve_weights,
     select_files,
     sha256_file,
 )
+from pipeline.errors import WeightsNotFound
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -1,0 +1,125 @@
+"""The fit_diffc stage's work (pipeline.diffc.fit) on a small store where the classes are
+separable in the feature maps: outputs, accuracy, resume after SIGKILL, and classify."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import parse_params
+from pipeline.diffc.fit import run_fit_diffc
+from pipeline.diffc.model import load_diffc
+from pipeline.errors import StoreError
+from pipeline.paths import checkpoint_dir, classes_path
+from tests.store_fixtures import write_feature_store
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ["shirt", "trouser", "bag", "boot"]
+
+
+def _raw(raw: dict, **diffc) -> dict:
+    raw["diffc"].update({"width": 32, "dropout": 0.1, "batch_size": 16, "epochs": 3, "lr": 3e-3, "lr_min": 3e-4,
+                         "device": "cpu", "dtype": "fp32", **diffc})
+    return raw
+
+
+def _separable_store(root: Path, params, n_train: int = 160, n_test: int = 40, c: int = 8) -> None:
+    """Class j raises channel j's map by 2 (plus unit noise): linearly separable."""
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> dict[str, np.ndarray]:
+        label = np.arange(n) % len(CLASSES)
+        fmap = rng.normal(size=(n, c, 4, 4)).astype(np.float32)
+        fmap[np.arange(n), label] += 2.0
+        return {"pooled": fmap.mean(axis=(2, 3)), "fmap": fmap, "label": label}
+
+    write_feature_store(
+        params.key.features_store(root),
+        {"train": split(n_train), "test": split(n_test)},
+        shard_size=32,
+    )
+    path = classes_path(params.dataset, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(CLASSES) + "\n")
+
+
+@pytest.fixture
+def fitted(tmp_path, default_params_raw):
+    params = parse_params(_raw(default_params_raw))
+    _separable_store(tmp_path, params)
+    return tmp_path, params, run_fit_diffc(params, tmp_path, progress=False)
+
+
+def test_outputs_and_accuracy(fitted):
+    root, params, metrics = fitted
+    out = params.key.diffc_dir(root)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    assert metrics["test_top1"] >= 0.9 and metrics["test_top5"] == 1.0
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    model, cfg, extra = load_diffc(out)
+    assert cfg.in_channels == 8 and cfg.num_classes == 4 and extra["classes"] == CLASSES
+    assert extra["layer"] == params.layer and extra["t"] == params.t
+    rows = list(csv.DictReader(params.key.diffc_curve(root).open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert not checkpoint_dir(out).exists()
+
+
+def test_missing_fmap_is_a_clear_error(tmp_path, default_params_raw):
+    params = parse_params(_raw(default_params_raw))
+    write_feature_store(
+        params.key.features_store(tmp_path),
+        {"train": {"pooled": np.zeros((4, 3)), "label": np.arange(4)},
+         "test": {"pooled": np.zeros((2, 3)), "label": np.arange(2)}},
+    )
+    with pytest.raises(StoreError, match="no train/fmap array"):
+        run_fit_diffc(params, tmp_path, progress=False)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def test_killed_stage_resumes_to_identical_model(tmp_path, default_params_raw):
+    raw = _raw(default_params_raw, epochs=6, width=32)
+    params = parse_params(raw)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for root in (ref, run):
+        _separable_store(root, params, n_train=320)
+        (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    # Both runs in a subprocess with one thread: oneDNN's reductions depend on the thread count.
+    subprocess.run([sys.executable, "-m", "stages.fit_diffc"], cwd=ref, env=_env(), check=True, capture_output=True)
+
+    out = params.key.diffc_dir(run)
+    state = checkpoint_dir(out) / "state.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.fit_diffc"], cwd=run, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists():  # one epoch done and checkpointed
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists()
+    done = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= done < 6
+
+    subprocess.run([sys.executable, "-m", "stages.fit_diffc"], cwd=run, env=_env(), check=True, capture_output=True)
+    a = load_diffc(params.key.diffc_dir(ref))[0].state_dict()
+    b = load_diffc(out)[0].state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    curve = lambda root: params.key.diffc_curve(root).read_text()
+    assert curve(ref) == curve(run)

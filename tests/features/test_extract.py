@@ -1,0 +1,171 @@
+"""encode + extract on a tiny embedded-architecture model: shapes, resume after SIGKILL,
+several processes, and bit-identical results across all of them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.backbones.weights import lock_record, resolve_weights, write_lock
+from pipeline.config import Params, parse_params
+from pipeline.data.datasets import build_dataset
+from pipeline.embedded.train import build_scheduler, build_unet
+from pipeline.errors import StoreError
+from pipeline.features.backbone import load_for_params
+from pipeline.features.encode import run_encode
+from pipeline.features.extract import run_extract
+from pipeline.features.staging import STAGING
+from pipeline.features.store import open_store
+from pipeline.paths import Key, backbone_dir, latents_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _params(default_params_raw: dict, **extract) -> Params:
+    raw = default_params_raw
+    raw.update(dataset="digits", layer="up_ft0", t=100)
+    raw["data"].update(max_per_class={"train": 8, "test": 2}, image_size=16)
+    raw["model_train"].update(channels=[8, 16], norm_groups=4, image_size=16)
+    raw["extract"].update({"dtype": "fp32", "device": "cpu", "batch_size": 4, "shard_size": 8, **extract})
+    return parse_params(raw)
+
+
+def _setup(root: Path, params: Params) -> None:
+    """Data + a seeded random model of the embedded architecture, locked like the model stage."""
+    (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    build_dataset(params, root)
+    out = backbone_dir(params.model, root)
+    build_unet(params.model_train, seed=1).save_pretrained(out / "unet")
+    build_scheduler(params.model_train).save_pretrained(out / "scheduler")
+    weights = resolve_weights(params.backbone, None, root=root)
+    write_lock(lock_record(params.model, weights, root=root), out)
+
+
+@pytest.fixture
+def params(default_params_raw: dict) -> Params:
+    return _params(default_params_raw)
+
+
+def _run_all(root: Path, params: Params):
+    backbone = load_for_params(params, root)
+    run_encode(params, backbone, root)
+    return run_extract(params, backbone, root)
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    store = open_store(path)
+    return {f"{s}/{k}": store.read(s, k) for s in store.splits() for k in store.layout["arrays"]}
+
+
+def test_encode_extract_shapes_and_provenance(tmp_path: Path, params: Params) -> None:
+    _setup(tmp_path, params)
+    feats = _run_all(tmp_path, params)
+    latents = open_store(latents_store("digits", "fmnist-ddpm", tmp_path))
+    assert latents.array("train", "latents").shape == (80, 1, 16, 16)
+    x = latents.read("train", "latents")
+    assert x.min() >= -1 and x.max() <= 1
+    # up_blocks[0] of a 2-level UNet: 16 channels, upsampled from the 8×8 bottleneck (as SD's up_ft0)
+    assert feats.array("train", "fmap").shape == (80, 16, 16, 16)
+    assert feats.array("test", "pooled").shape == (20, 16)
+    np.testing.assert_allclose(
+        feats.read("train", "pooled"), feats.read("train", "fmap").astype(np.float32).mean(axis=(2, 3)), atol=2e-3
+    )
+    prov = feats.provenance
+    assert (prov["layer"], prov["t"], prov["prompt"], prov["dataset"]) == ("up_ft0", 100, "empty", "digits")
+    assert len(prov["weights_sha256"]) == 64
+    # the staging area is emptied by publishing
+    assert not any((tmp_path / STAGING).glob("*.zarr"))
+
+
+def test_views_stored_for_train_only(tmp_path: Path, default_params_raw: dict) -> None:
+    params = _params(default_params_raw, views=3)
+    _setup(tmp_path, params)
+    backbone = load_for_params(params, tmp_path)
+    latents = run_encode(params, backbone, tmp_path)
+    view = latents.read("train", "view")
+    assert view.tolist()[:6] == [0, 1, 2, 0, 1, 2] and latents.num_samples("test") == 20
+    x = latents.read("train", "latents")
+    assert not np.array_equal(x[0], x[1])  # an augmented view differs from the plain one
+
+
+def test_fmap_false_stores_pooled_only(tmp_path: Path, default_params_raw: dict) -> None:
+    params = _params(default_params_raw, fmap=False)
+    _setup(tmp_path, params)
+    feats = _run_all(tmp_path, params)
+    assert not feats.has_array("train", "fmap") and feats.has_array("train", "pooled")
+
+
+def test_store_for_other_params_is_refused(tmp_path: Path, params: Params) -> None:
+    _setup(tmp_path, params)
+    _run_all(tmp_path, params)
+    raw = params.model_dump(mode="json")
+    raw["extract"]["seed"] = 7
+    other = parse_params(raw)
+    with pytest.raises(StoreError, match="seed: store has 0, params ask for 7"):
+        run_extract(other, load_for_params(other, tmp_path), tmp_path)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def test_killed_extract_resumes_to_identical_store(tmp_path: Path, default_params_raw: dict) -> None:
+    # Many small shards and an ensemble so the run is still going when it is killed.
+    params = _params(default_params_raw, shard_size=2, ensemble=4)
+    ref_root, root = tmp_path / "ref", tmp_path / "run"
+    for r in (ref_root, root):
+        r.mkdir()
+        _setup(r, params)
+    reference = _arrays(_run_all(ref_root, params).path)
+
+    backbone = load_for_params(params, root)
+    run_encode(params, backbone, root)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.extract"], cwd=root, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = root / STAGING
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(done_dir.glob("*/_done/train/*"))) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    final = Key("digits", "fmnist-ddpm", "up_ft0", 100).features_store(root)
+    assert not final.exists()
+    (staged,) = done_dir.glob("t100-*.zarr")
+    kept = len(list((staged / "_done" / "train").iterdir()))
+    assert 3 <= kept < 40
+
+    resumed = run_extract(params, backbone, root)
+    got = _arrays(resumed.path)
+    assert got.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_array_equal(got[key], reference[key], err_msg=key)
+
+
+def test_two_processes_equal_one(tmp_path: Path, params: Params) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    for r in (one, two):
+        r.mkdir()
+        _setup(r, params)
+    reference = _arrays(_run_all(one, params).path)
+    backbone = load_for_params(params, two)
+    run_encode(params, backbone, two)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "stages.extract"],
+        cwd=two, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = _arrays(Key("digits", "fmnist-ddpm", "up_ft0", 100).features_store(two))
+    for key in reference:
+        np.testing.assert_array_equal(got[key], reference[key], err_msg=key)
