@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import atomic_write
 from pipeline.paths import Key, reports_dir
 
 # The key fields each stage's output depends on (dvc.yaml's path templates); the rest: all four.
@@ -87,8 +88,4 @@ def record_timing(stage: str, key: Key, fields: dict[str, Any], root: Path = Pat
     entry.update(fields)
     entry["machine"] = machine_facts()
     entry["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(table, indent=2, sort_keys=True) + "\n")

@@ -25,6 +25,7 @@ from typing import Literal
 
 from pipeline.backbones.registry import BackboneSpec, Family
 from pipeline.errors import WeightsNotFound
+from pipeline.files import atomic_write
 from pipeline.paths import backbone_dir
 
 Source = Literal["model_path", "hub", "local"]
@@ -353,10 +354,7 @@ def _portable(path: Path, root: Path, cache: Path) -> str:
 
 
 def write_lock(record: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / LOCK_NAME
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return path
+    return atomic_write(out_dir / LOCK_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_lock(model: str, root: Path = Path(".")) -> dict | None:

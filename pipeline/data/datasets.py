@@ -74,6 +74,7 @@ from tqdm import tqdm
 from pipeline.config import Params
 from pipeline.data import images
 from pipeline.errors import DataError
+from pipeline.files import atomic_path, publish_dir
 from pipeline.paths import classes_path, data_dir, manifest_path
 
 Split = Literal["train", "test"]
@@ -424,13 +425,8 @@ def _caltech101(params: Params, root: Path) -> Source:
 
 
 def _decompress_atomic(src_gz: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        with gzip.open(src_gz, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(dst) as tmp, gzip.open(src_gz, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def ensure_fashion_mnist_raw(folder: Path) -> bool:
@@ -778,20 +774,6 @@ def _remove_stale(parent: Path, dataset: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp` with renames, so readers see either the old or the new folder."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old.exists() and not out.exists():
-            os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_dataset(params: Params, root: Path = Path(".")) -> BuildResult:
     """Run the `data` stage: write `data/<dataset>/` from `params` (see the module docstring).
 
@@ -810,9 +792,8 @@ def build_dataset(params: Params, root: Path = Path(".")) -> BuildResult:
     out = data_dir(dataset, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out.parent, dataset)
-    tmp = out.with_name(f".{dataset}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # Built beside the old folder (whose images are reused) and swapped in when complete.
+    with publish_dir(out) as tmp:
         # Relative image path (without extension) of each item, folders created up front.
         folders = _class_folders(source.classes)
         rel_stems: list[str] = []
@@ -871,9 +852,6 @@ def build_dataset(params: Params, root: Path = Path(".")) -> BuildResult:
         (tmp / "classes.txt").write_text("".join(f"{name}\n" for name in source.classes))
         skipped = source.ignored + bad
         _write_csv(tmp / "skipped.csv", SKIPPED_COLUMNS, [(s.path, s.reason) for s in skipped])
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
 
     counts = {split: sum(r.split == split for r in rows) for split in SPLITS}
     present = {r.label for r in rows}

@@ -14,7 +14,6 @@ How long it took goes to `reports/timings.json` (pipeline.timings), not into the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from pipeline.diffc.train import DiffcFit, train_diffc, training_fingerprint
 from pipeline.errors import StoreError
 from pipeline.features.loaders import FmapLoader
 from pipeline.features.store import open_store, provenance_hash
+from pipeline.files import publish_dir
 from pipeline.paths import checkpoint_dir
 from pipeline.timings import record_fit_timing
 
@@ -83,12 +83,9 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
         "device": str(device),
         "metrics": metrics,
     }
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_diffc(fit.model, fit.cfg, tmp, extra=extra)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with publish_dir(out_dir) as tmp:
+        save_diffc(fit.model, fit.cfg, tmp, extra=extra)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_curve(params.key.diffc_curve(root), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
     record_fit_timing("fit_diffc", "Diff-C", params.key, fit, root)

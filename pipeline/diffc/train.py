@@ -33,15 +33,12 @@ cross-entropy, 30 epochs, cosine annealing down to 5e-5, random horizontal flips
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -50,7 +47,16 @@ from pipeline.config import DiffcParams
 from pipeline.diffc.model import DiffC, DiffcConfig, build_diffc, flip_batch
 from pipeline.errors import DataError, StoreError
 from pipeline.features.loaders import FmapLoader
-from pipeline.training import CHECKPOINT_NAME, check_finite, load_checkpoint, save_checkpoint
+from pipeline.training import (
+    CHECKPOINT_NAME,
+    Stateful,
+    check_finite,
+    fingerprint,
+    generator,
+    mix_seed,
+    restore_state,
+    save_state,
+)
 
 # Bumped whenever the checkpoint contents or the training recipe change, so that an old
 # checkpoint is never resumed into a different loop.
@@ -93,17 +99,12 @@ class _State:
 # --------------------------------------------------------------------------------------------
 
 
-def _seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (SeedSequence: distinct tuples → unrelated streams)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
 # Tags keep the streams of different purposes apart even for equal (seed, epoch, step).
 _INIT, _DROPOUT, _FLIP = 0, 1, 2
 
 
 def flip_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(seed, _FLIP, epoch, step))
+    return generator(seed, _FLIP, epoch, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,29 +196,16 @@ def predict_topk(
 # --------------------------------------------------------------------------------------------
 
 
-def _save_checkpoint(st: _State, ckpt_dir: Path, fingerprint: str) -> None:
-    save_checkpoint(
-        {
-            "version": _CKPT_VERSION,
-            "fingerprint": fingerprint,
-            "epoch": st.epoch,
-            "train_seconds": st.train_seconds,
-            "samples": st.samples,
-            "curve": st.curve,
-            "model": st.model.state_dict(),
-            "optimizer": st.optimizer.state_dict(),
-            "schedule": st.schedule.state_dict(),
-            "scaler": st.scaler.state_dict(),
-        },
-        ckpt_dir,
-    )
+def _objects(st: _State) -> dict[str, Stateful]:
+    return {"model": st.model, "optimizer": st.optimizer, "schedule": st.schedule, "scaler": st.scaler}
+
+
+def _save(st: _State, ckpt_dir: Path, fingerprint: str) -> None:
+    values = {"epoch": st.epoch, "train_seconds": st.train_seconds, "samples": st.samples, "curve": st.curve}
+    save_state(ckpt_dir, fingerprint, _objects(st), values)
 
 
 def _restore(st: _State, state: dict[str, Any]) -> None:
-    st.model.load_state_dict(state["model"])
-    st.optimizer.load_state_dict(state["optimizer"])
-    st.schedule.load_state_dict(state["schedule"])
-    st.scaler.load_state_dict(state["scaler"])
     st.epoch = int(state["epoch"])
     st.train_seconds = float(state["train_seconds"])
     st.samples = int(state["samples"])
@@ -236,8 +224,7 @@ def training_fingerprint(hp: DiffcParams, **parts: Any) -> str:
     number of classes, ...). All of `hp` is included, device and dtype too: a run resumed on
     another device or precision would not continue the same trajectory.
     """
-    payload = {"v": _CKPT_VERSION, "diffc": hp.model_dump(), **parts}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint({"v": _CKPT_VERSION, "diffc": hp.model_dump(), **parts})
 
 
 def steps_per_epoch(loader: FmapLoader) -> int:
@@ -250,7 +237,7 @@ def steps_per_epoch(loader: FmapLoader) -> int:
 def _new_state(
     cfg: DiffcConfig, hp: DiffcParams, total_steps: int, device: torch.device, amp_dtype
 ) -> _State:
-    model = build_diffc(cfg, seed=_seed(hp.seed, _INIT)).to(device, memory_format=torch.channels_last)
+    model = build_diffc(cfg, seed=mix_seed(hp.seed, _INIT)).to(device, memory_format=torch.channels_last)
     model.train()
     # fused AdamW: one kernel for all 40M parameters on CUDA; on CPU the default (foreach) path.
     optimizer = torch.optim.AdamW(
@@ -303,17 +290,13 @@ def train_diffc(
         raise DataError(f"{train.store.path}: Diff-C needs at least 2 training samples per batch to train")
     st = _new_state(cfg, hp, hp.epochs * per_epoch, device, amp_dtype)
     resumed_from = 0
-    saved = load_checkpoint(ckpt_dir, fingerprint, device, what="Diff-C", version=_CKPT_VERSION)
+    saved = restore_state(ckpt_dir, fingerprint, _objects(st), device=device, what="Diff-C")
     if saved is not None:
-        try:
-            _restore(st, saved)
-            resumed_from = st.epoch
-            print(
-                f"resuming Diff-C training after epoch {st.epoch}/{hp.epochs} ({ckpt_dir / CHECKPOINT_NAME})"
-            )
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # matching fingerprint, bad content
-            print(f"ignoring Diff-C checkpoint {ckpt_dir / CHECKPOINT_NAME}: {exc}")
-            st = _new_state(cfg, hp, hp.epochs * per_epoch, device, amp_dtype)  # undo a partial load
+        _restore(st, saved)
+        resumed_from = st.epoch
+        print(f"resuming Diff-C training after epoch {st.epoch}/{hp.epochs} ({ckpt_dir / CHECKPOINT_NAME})")
+    elif (ckpt_dir / CHECKPOINT_NAME).exists():
+        st = _new_state(cfg, hp, hp.epochs * per_epoch, device, amp_dtype)  # undo a partial load
 
     # Dropout draws from the global RNG: reseeded per epoch inside a fork, so the caller's RNG
     # state is restored afterwards.
@@ -326,7 +309,7 @@ def train_diffc(
             st.epoch += 1
             row = {"epoch": st.epoch, "train_loss": train_loss, **metrics, "lr": lr}
             st.curve.append(row)
-            _save_checkpoint(st, ckpt_dir, fingerprint)
+            _save(st, ckpt_dir, fingerprint)
             if log is not None:
                 log(row)
 
@@ -369,7 +352,7 @@ def _train_epoch(
 ) -> tuple[float, float]:
     """One pass over `train`: (mean training loss, lr of the epoch's last step)."""
     epoch = st.epoch  # 0-based index of the epoch being trained
-    torch.manual_seed(_seed(hp.seed, _DROPOUT, epoch))
+    torch.manual_seed(mix_seed(hp.seed, _DROPOUT, epoch))
     train.set_epoch(epoch)
     st.model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

@@ -21,7 +21,6 @@ nothing, so the `model` stage trains this one itself. Everything here is plain d
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import shutil
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from pipeline.config import ModelTrainParams, Params
 from pipeline.devices import resolve_device, resolve_dtype
 from pipeline.paths import checkpoint_dir
-from pipeline.training import check_finite, load_checkpoint, save_checkpoint
+from pipeline.training import CHECKPOINT_NAME, Stateful, check_finite, fingerprint, restore_state, save_state
 
 # Steps between checkpoints: at ~0.8 s/step on 2 CPU cores an interruption loses < 1.5 min,
 # while writing the ~50 MB state (model, EMA, two Adam moments) stays well under 1% of the time.
@@ -220,12 +219,8 @@ def _fingerprint(params: Params, train_images: np.ndarray) -> str:
 
     Evaluation and sampling settings are left out: they do not change the training state.
     """
-    h = hashlib.sha256()
     training = params.model_train.model_dump(exclude=_NOT_TRAINING)
-    h.update(json.dumps({"v": _CKPT_VERSION, **training}, sort_keys=True).encode())
-    h.update(str(train_images.shape).encode())
-    h.update(np.ascontiguousarray(train_images).data)
-    return h.hexdigest()
+    return fingerprint({"v": _CKPT_VERSION, **training}, train_images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,34 +271,22 @@ def _new_state(params: Params, device: torch.device, amp: torch.dtype | None) ->
     return _FitState(unet=unet, ema=ema, optimizer=opt, lr_schedule=sched, scaler=scaler)
 
 
-def _save_checkpoint(st: _FitState, ckpt: Path, fingerprint: str) -> None:
-    save_checkpoint(
-        {
-            "fingerprint": fingerprint,
-            "step": st.step,
-            "train_seconds": st.train_seconds,
-            "unet": st.unet.state_dict(),
-            "ema": st.ema.state_dict(),
-            "optimizer": st.optimizer.state_dict(),
-            "lr_schedule": st.lr_schedule.state_dict(),
-            "scaler": st.scaler.state_dict(),
-            "log": [list(r) for r in st.log],
-            "pending": list(st.pending),
-        },
-        ckpt,
-    )
+def _objects(st: _FitState) -> dict[str, Stateful]:
+    return {"unet": st.unet, "ema": st.ema, "optimizer": st.optimizer, "lr_schedule": st.lr_schedule,
+            "scaler": st.scaler}
 
 
-def _try_resume(st: _FitState, ckpt: Path, fingerprint: str, device: torch.device) -> bool:
-    # The recipe's version is part of the fingerprint (_fingerprint), so no separate version.
-    state = load_checkpoint(ckpt, fingerprint, device, what="fmnist-ddpm")
+def _save_checkpoint(st: _FitState, ckpt: Path, fp: str) -> None:
+    values = {"step": st.step, "train_seconds": st.train_seconds, "log": [list(r) for r in st.log],
+              "pending": list(st.pending)}
+    save_state(ckpt, fp, _objects(st), values)
+
+
+def _try_resume(st: _FitState, ckpt: Path, fp: str, device: torch.device) -> bool:
+    # The recipe's version is part of the fingerprint (_fingerprint).
+    state = restore_state(ckpt, fp, _objects(st), device=device, what="fmnist-ddpm")
     if state is None:
         return False
-    st.unet.load_state_dict(state["unet"])
-    st.ema.load_state_dict(state["ema"])
-    st.optimizer.load_state_dict(state["optimizer"])
-    st.lr_schedule.load_state_dict(state["lr_schedule"])
-    st.scaler.load_state_dict(state["scaler"])
     st.step = int(state["step"])
     st.train_seconds = float(state["train_seconds"])
     st.log = [(int(s), float(l), float(r)) for s, l, r in state["log"]]
@@ -329,6 +312,8 @@ def _fit(
     st = _new_state(params, device, amp)
     if _try_resume(st, ckpt, fingerprint, device):
         print(f"resuming fmnist-ddpm training from step {st.step} ({ckpt})")
+    elif (ckpt / CHECKPOINT_NAME).exists():
+        st = _new_state(params, device, amp)  # a checkpoint that did not fit may have been partly loaded
     end = mt.steps if stop_after is None else min(mt.steps, stop_after)
     # The whole train set stays in memory (60k × 32² fp32 = 245 MB); batches are index gathers.
     train_x = train_x.to(device)

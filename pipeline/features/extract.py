@@ -31,6 +31,7 @@ from pipeline.features.encode import latents_provenance
 from pipeline.features.staging import STAGING, fill_and_publish, no_barrier, shard_size_for, staged_store
 from pipeline.features.store import ArraySpec, FeatureStore, open_store, provenance_hash
 from pipeline.features.views import Sample, load_view, samples_by_split
+from pipeline.files import atomic_write
 from pipeline.paths import latents_store
 
 CLIP_IMAGE_SIZE = 224
@@ -78,10 +79,7 @@ def clip_choices(params: Params, backbone: Backbone, samples: dict[str, list[Sam
         zs = clip_zero_shot(clip, images, classes, params.domain, labels=labels if min(labels) >= 0 else None)
         out["predicted"][split] = zs.predicted.tolist()
         out["top1"][split] = zs.accuracy
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    tmp.replace(cache)
+    atomic_write(cache, json.dumps(out))
     return out
 
 

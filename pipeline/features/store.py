@@ -40,6 +40,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from pipeline.errors import StoreError
+from pipeline.files import swap_in
 
 SPLITS = ("train", "test")
 FORMAT_VERSION = 1
@@ -337,8 +338,5 @@ def publish(store: FeatureStore, final: Path) -> FeatureStore:
     """Mark a filled staged store complete and move it to its final (DVC output) path."""
     store.mark_complete()
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(store.path, final)
+    swap_in(store.path, final)
     return open_store(final, store.provenance)

@@ -15,12 +15,10 @@ order, each train row followed by its views 0..V-1; test rows have view 0 only.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -29,13 +27,11 @@ from pipeline.config import Params
 from pipeline.data.datasets import ManifestRow, read_manifest
 from pipeline.data.images import load_image
 from pipeline.paths import data_dir
-
-_STREAM_TAG = int.from_bytes(hashlib.sha256(b"revelio.views.v1").digest()[:8], "little")
+from pipeline.training import mix_seed
 
 
 def view_seed(seed: int, index: int, view: int) -> int:
-    state = np.random.SeedSequence([_STREAM_TAG, int(seed), int(index), int(view)])
-    return int(state.generate_state(1, dtype=np.uint64)[0] >> 1)  # manual_seed takes < 2**63
+    return mix_seed("revelio.views.v1", seed, index, view)
 
 
 def _plain(image_size: int) -> v2.Compose:

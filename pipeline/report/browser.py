@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.files import atomic_write
 from pipeline.report.figures import square_image
 from pipeline.report.metrics import latent_class_counts, latent_purity
 from pipeline.sae.scan import LatentStats
@@ -385,7 +386,4 @@ def write_browser(
         shutil.rmtree(thumbs)
     write_thumbs(thumbs, data["img"], load_row, thumb_size)
     page = out_dir / "index.html"
-    tmp = page.with_suffix(".tmp")
-    tmp.write_text(page_html(data, thumb_size), encoding="utf-8")
-    tmp.replace(page)
-    return page
+    return atomic_write(page, page_html(data, thumb_size))

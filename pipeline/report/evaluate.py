@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 
 from pipeline.config import Params
 from pipeline.features.store import open_store
+from pipeline.files import atomic_write
 from pipeline.paths import backbone_dir, metrics_path
 from pipeline.report.metrics import purity_of_stats
 from pipeline.sae.scan import LatentStats
@@ -89,9 +90,5 @@ def collect_metrics(params: Params, root: Path = Path(".")) -> dict[str, Any]:
 
 def run_evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     metrics = collect_metrics(params, root)
-    path = metrics_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(metrics_path(root), json.dumps(metrics, indent=2) + "\n")
     return metrics

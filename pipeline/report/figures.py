@@ -26,6 +26,7 @@ from PIL import Image
 
 from pipeline.errors import ConfigError, DataError, StoreError
 from pipeline.features.store import FeatureStore
+from pipeline.files import atomic_path
 from pipeline.paths import Key
 from pipeline.report.compare import Table, table_name
 from pipeline.report.metrics import latent_purity, rank_latents
@@ -44,12 +45,9 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=DPI, facecolor="white")
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, facecolor="white")
+    return Path(path)
 
 
 def _short(name: str, width: int = 18) -> str:

@@ -15,7 +15,6 @@ How long it took goes to `reports/timings.json` (pipeline.timings), not into the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pipeline.devices import resolve_device, resolve_dtype
 from pipeline.errors import ConfigError, StoreError
 from pipeline.features.loaders import load_pooled
 from pipeline.features.store import open_store, provenance_hash
+from pipeline.files import publish_dir
 from pipeline.paths import checkpoint_dir
 from pipeline.sae.model import SaeConfig, save_sae
 from pipeline.sae.scan import SplitScan, scan_split
@@ -106,41 +106,36 @@ def run_fit_sae(params: Params, root: Path = Path("."), *, progress: bool = True
     )
     metrics = sae_metrics(fit, train_scan, test_scan, hp)
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_sae(
-        fit.model,
-        tmp,
-        extra={
-            "dataset": params.dataset,
-            "model": params.model,
-            "layer": params.layer,
-            "t": params.t,
-            "features": str(store_path.relative_to(root)) if store_path.is_relative_to(root) else str(store_path),
-            "features_provenance_hash": provenance_hash(store.provenance),
-            "training": hp.model_dump(),
-            "select_dtype": str(select_dtype).removeprefix("torch."),
-            "device": str(device),
-        },
-    )
-    assert train_scan.stats is not None
-    codes = {
-        **train_scan.stats.as_arrays(),
-        "train_index": train.index.astype(np.int64),
-        "train_label": train.label.astype(np.int64),
-        "train_view": train.view.astype(np.int64),
-        "train_fire_count": train_scan.fire_count,
-        "since_fired": fit.since_fired.numpy(),
-        "ever_fired": fit.ever_fired.numpy().astype(np.uint8),
-    }
-    if test_scan is not None:
-        codes["test_fire_count"] = test_scan.fire_count
-    save_file({k: np.ascontiguousarray(v) for k, v in codes.items()}, str(tmp / "codes.safetensors"))
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out_dir)
+    with publish_dir(out_dir) as tmp:
+        save_sae(
+            fit.model,
+            tmp,
+            extra={
+                "dataset": params.dataset,
+                "model": params.model,
+                "layer": params.layer,
+                "t": params.t,
+                "features": str(store_path.relative_to(root)) if store_path.is_relative_to(root) else str(store_path),
+                "features_provenance_hash": provenance_hash(store.provenance),
+                "training": hp.model_dump(),
+                "select_dtype": str(select_dtype).removeprefix("torch."),
+                "device": str(device),
+            },
+        )
+        assert train_scan.stats is not None
+        codes = {
+            **train_scan.stats.as_arrays(),
+            "train_index": train.index.astype(np.int64),
+            "train_label": train.label.astype(np.int64),
+            "train_view": train.view.astype(np.int64),
+            "train_fire_count": train_scan.fire_count,
+            "since_fired": fit.since_fired.numpy(),
+            "ever_fired": fit.ever_fired.numpy().astype(np.uint8),
+        }
+        if test_scan is not None:
+            codes["test_fire_count"] = test_scan.fire_count
+        save_file({k: np.ascontiguousarray(v) for k, v in codes.items()}, str(tmp / "codes.safetensors"))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_curve(params.key.sae_curve(root), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
     record_fit_timing("fit_sae", "k-SAE", params.key, fit, root)

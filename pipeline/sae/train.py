@@ -14,7 +14,6 @@ anyway, and always before a checkpoint), so the checkpoint on disk is the last g
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import SaeParams
 from pipeline.sae.model import KSae, SaeConfig, init_b_pre
-from pipeline.training import check_finite, load_checkpoint, save_checkpoint
+from pipeline.training import CHECKPOINT_NAME, Stateful, check_finite, fingerprint, restore_state, save_state
 
 _CKPT_VERSION = 1
 # Samples the data-derived b_pre is computed from (OpenAI: the first 32k).
@@ -73,16 +72,6 @@ def dead_window(hp: SaeParams, steps_done: int) -> int:
     samples seen so far, so that a latent that never fired counts as dead in a short run.
     (AuxK uses the unclipped window: it should revive latents long dead, not merely unlucky.)"""
     return max(1, min(hp.dead_window, steps_done * hp.batch_size))
-
-
-def fingerprint(hp: SaeParams, x: np.ndarray, extra: str = "") -> str:
-    """What a checkpoint must match to be resumed: training params and the data's bytes."""
-    h = hashlib.sha256()
-    training = hp.model_dump(exclude={"device"})
-    h.update(json.dumps({"v": _CKPT_VERSION, **training, "extra": extra}, sort_keys=True).encode())
-    h.update(str(x.shape).encode())
-    h.update(np.ascontiguousarray(x).data)
-    return h.hexdigest()
 
 
 class BatchOrder:
@@ -136,37 +125,22 @@ def _new_state(cfg: SaeConfig, hp: SaeParams, x: torch.Tensor) -> _State:
     )
 
 
-def _save_checkpoint(st: _State, ckpt: Path, fp: str) -> None:
-    save_checkpoint(
-        {
-            "version": _CKPT_VERSION,
-            "fingerprint": fp,
-            "step": st.step,
-            "train_seconds": st.train_seconds,
-            "model": st.model.state_dict(),
-            "optimizer": st.optimizer.state_dict(),
-            "schedule": st.schedule.state_dict(),
-            "since_fired": st.since_fired,
-            "ever_fired": st.ever_fired,
-            "curve": json.dumps(st.curve),
-        },
-        ckpt,
-    )
+def _objects(st: _State) -> dict[str, Stateful]:
+    return {"model": st.model, "optimizer": st.optimizer, "schedule": st.schedule}
 
 
-def _try_resume(st: _State, ckpt: Path, fp: str) -> bool:
-    state = load_checkpoint(ckpt, fp, st.since_fired.device, what="k-SAE", version=_CKPT_VERSION)
-    if state is None:
-        return False
-    st.model.load_state_dict(state["model"])
-    st.optimizer.load_state_dict(state["optimizer"])
-    st.schedule.load_state_dict(state["schedule"])
-    st.since_fired.copy_(state["since_fired"])
-    st.ever_fired.copy_(state["ever_fired"])
-    st.step = int(state["step"])
-    st.train_seconds = float(state["train_seconds"])
-    st.curve = json.loads(state["curve"])
-    return True
+def _save(st: _State, ckpt: Path, fp: str) -> None:
+    values = {"step": st.step, "train_seconds": st.train_seconds, "since_fired": st.since_fired,
+              "ever_fired": st.ever_fired, "curve": json.dumps(st.curve)}
+    save_state(ckpt, fp, _objects(st), values)
+
+
+def _restore(st: _State, values: dict) -> None:
+    st.since_fired.copy_(values["since_fired"])
+    st.ever_fired.copy_(values["ever_fired"])
+    st.step = int(values["step"])
+    st.train_seconds = float(values["train_seconds"])
+    st.curve = json.loads(values["curve"])
 
 
 def train_sae(
@@ -189,13 +163,20 @@ def train_sae(
         raise ValueError(f"training data has shape {x.shape}, expected (N, {cfg.d_in})")
     if len(x) == 0:
         raise ValueError("no training samples")
-    fp = fingerprint(hp, x, extra=json.dumps({"cfg": cfg.__dict__, "select": str(select_dtype)}))
+    # What a checkpoint must match: the recipe's version, every training param, the data.
+    payload = {"v": _CKPT_VERSION, "sae": hp.model_dump(exclude={"device"}), "cfg": cfg.__dict__,
+               "select": str(select_dtype)}
+    fp = fingerprint(payload, x)
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     st = _new_state(cfg, hp, data)
     resumed_from = 0
-    if ckpt is not None and _try_resume(st, ckpt, fp):
+    values = restore_state(ckpt, fp, _objects(st), device=device, what="k-SAE")
+    if values is not None:
+        _restore(st, values)
         resumed_from = st.step
         print(f"resuming k-SAE training from step {st.step} ({ckpt})")
+    elif ckpt is not None and (ckpt / CHECKPOINT_NAME).exists():
+        st = _new_state(cfg, hp, data)  # a checkpoint that did not fit may have been partly loaded
     total = num_steps(hp)
     last = total if stop_after is None else min(total, stop_after)
     order = BatchOrder(len(data), hp.batch_size, hp.seed)
@@ -270,7 +251,7 @@ def train_sae(
                 flush()
             if ckpt is not None and (time.perf_counter() - last_ckpt >= checkpoint_every_s or st.step == last):
                 flush()
-                _save_checkpoint(st, ckpt, fp)
+                _save(st, ckpt, fp)
                 last_ckpt = time.perf_counter()
             if on_step is not None:
                 on_step(st.step)

@@ -1,0 +1,74 @@
+"""Writes a kill cannot tear: a file or a whole folder appears complete or not at all.
+
+Every output the pipeline writes goes through one of two moves: `atomic_path` (write a
+sibling temporary file, then `os.replace` it over the target) or `publish_dir` (fill a fresh
+sibling folder, then swap it in with renames). Readers, and a rerun after an interruption,
+see the old content or the new, never a mix. Temporaries carry the process id, so two
+processes writing the same target do not share one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block ends without error it replaces
+    `path` (parents created), otherwise it is removed. The temporary keeps `path`'s suffix, so
+    writers that choose a format by extension (matplotlib, safetensors) pick the right one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` (text as UTF-8) to `path` atomically; returns `path`."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
+
+def swap_in(tmp: str | Path, final: str | Path) -> Path:
+    """Replace the folder (or file) `final` by `tmp` with renames: the old one is moved aside
+    first and removed last, and put back if the second rename fails."""
+    tmp, final = Path(tmp), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+@contextmanager
+def publish_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a fresh, empty folder beside `final` to fill; when the block ends without error
+    it replaces `final` (`swap_in`), otherwise it is removed."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        swap_in(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
