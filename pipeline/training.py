@@ -1,7 +1,8 @@
-"""The training toolkit the three loops share (the embedded DDPM, the k-SAE, Diff-C):
+"""The training toolkit the three loops share (the embedded DDPM, the k-SAE, Diff-C), with the
+seed mixer of `pipeline.seeds`:
 
-- `mix_seed` / `generator`: the one way a seed is derived from the run's seed and what a draw
-  is for, so that every random stream depends on its own tuple only;
+- `BatchOrder`: which samples a step or an epoch trains on, from per-epoch permutations that
+  depend on (seed, epoch) only: a resumed run needs no saved RNG state;
 - `fingerprint`: what a checkpoint must match to be resumed (params, recipe, data);
 - `save_state` / `restore_state`: one checkpoint file per run, beside the stage's output
   (DVC deletes outputs before it runs a stage), written atomically, resumed only on a
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,37 +24,48 @@ import torch
 
 from pipeline.errors import NonFiniteLoss
 from pipeline.files import atomic_path
+from pipeline.seeds import generator
 
 CHECKPOINT_NAME = "state.pt"
 
 
 # --------------------------------------------------------------------------------------------
-# Seeds
+# Batch order
 # --------------------------------------------------------------------------------------------
 
 
-def _word(part: int | str) -> int:
-    if isinstance(part, str):  # a tag: stable across runs and machines (not Python's hash)
-        return int.from_bytes(hashlib.sha256(part.encode()).digest()[:8], "little")
-    return int(part)
+class BatchOrder:
+    """Sample indices per training step, from per-epoch permutations of `range(n)` that each
+    depend on (seed, epoch) only.
 
-
-def mix_seed(*parts: int | str) -> int:
-    """A 63-bit seed (what `torch.Generator.manual_seed` takes) from integers and string tags.
-
-    numpy's SeedSequence hashes the whole tuple, so neighbouring tuples — (seed, epoch) and
-    (seed, epoch + 1), or (seed, "flip", 3) and (seed, "dropout", 3) — give unrelated streams,
-    which linear formulas such as `seed * 7919 + epoch` do not guarantee.
+    `indices(step)` reads positions [step·B, (step+1)·B) of the endless concatenation of the
+    epochs' permutations: every step has a full batch, a batch may straddle two epochs, and
+    no sample is skipped (the k-SAE's and the embedded model's step-counted loops).
+    `permutation(epoch)` is one epoch's order (Diff-C's epoch-counted loop batches it).
     """
-    words = [_word(p) for p in parts]
-    if any(w < 0 for w in words):
-        raise ValueError(f"seed parts must be >= 0, got {parts}")
-    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
 
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"BatchOrder needs n >= 1 and batch_size >= 1, got n = {n}, batch_size = {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms: dict[int, torch.Tensor] = {}
 
-def generator(*parts: int | str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator seeded with `mix_seed(*parts)`."""
-    return torch.Generator(device=device).manual_seed(mix_seed(*parts))
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:  # a batch spans at most a few epochs: keep memory bounded
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = torch.randperm(self.n, generator=generator(self.seed, "batch-order", epoch))
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        start, stop = step * self.batch_size, (step + 1) * self.batch_size
+        parts = []
+        while start < stop:
+            epoch, pos = divmod(start, self.n)
+            take = min(stop - start, self.n - pos)
+            parts.append(self.permutation(epoch)[pos : pos + take])
+            start += take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,8 +120,8 @@ def restore_state(
         return None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        print(f"ignoring unreadable {what} checkpoint {path}: {exc}")
+    except Exception as exc:  # a torn or foreign file: torch raises anything from EOFError to IndexError
+        print(f"ignoring unreadable {what} checkpoint {path}: {exc!r}")
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         print(f"ignoring {what} checkpoint {path}: it was made with other params, data or code")

@@ -46,7 +46,7 @@ def test_every_library_module_has_a_layer() -> None:
     # A new top-level module is a decision: it joins the core here, or goes into a package.
     assert core == [
         "pipeline.curves", "pipeline.devices", "pipeline.distributed", "pipeline.errors",
-        "pipeline.files", "pipeline.paths", "pipeline.timings", "pipeline.training",
+        "pipeline.files", "pipeline.paths", "pipeline.seeds", "pipeline.timings", "pipeline.training",
     ]
 
 

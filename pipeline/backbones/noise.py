@@ -10,28 +10,25 @@ their features were not reproducible.)
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-# Folded into every seed so this stream never coincides with another seeded stream built
-# from the same small integers (e.g. a data augmentation seeded by (seed, i, v)).
-_STREAM_TAG = int.from_bytes(hashlib.sha256(b"revelio.noise.v1").digest()[:8], "little")
+from pipeline.seeds import mix_seed
 
 
 def noise_seed(seed: int, index: int, view: int, draw: int = 0) -> int:
-    """A 64-bit generator seed for one (run seed, image index, view, ensemble draw).
+    """The generator seed for one (run seed, image index, view, ensemble draw).
 
-    numpy's SeedSequence hashes the tuple so that neighbouring tuples give unrelated streams
-    (seeding with `seed + i` would make image i of seed 1 equal image i+1 of seed 0).
+    `mix_seed` hashes the tuple so that neighbouring tuples give unrelated streams (seeding
+    with `seed + i` would make image i of seed 1 equal image i+1 of seed 0); the tag keeps
+    this stream apart from any other seeded by the same small integers (e.g. the views').
     """
     for name, value in (("seed", seed), ("index", index), ("view", view), ("draw", draw)):
         if int(value) < 0:
             raise ValueError(f"noise {name} must be >= 0, got {value}")
-    state = np.random.SeedSequence([_STREAM_TAG, int(seed), int(index), int(view), int(draw)])
-    return int(state.generate_state(1, dtype=np.uint64)[0])
+    return mix_seed("revelio.noise.v1", seed, index, view, draw)
 
 
 def sample_noise(shape: Sequence[int], *, seed: int, index: int, view: int, draw: int = 0) -> torch.Tensor:

@@ -60,7 +60,6 @@ import re
 import shutil
 import socket
 import time
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +75,7 @@ from pipeline.data import images
 from pipeline.errors import DataError
 from pipeline.files import atomic_path, publish_dir
 from pipeline.paths import classes_path, data_dir, manifest_path
+from pipeline.seeds import mix_seed
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")
@@ -177,9 +177,9 @@ def _display(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _seed_for(*parts: object) -> list[int]:
-    """Stable (not PYTHONHASHSEED-dependent) integer words for numpy's SeedSequence."""
-    return [zlib.crc32(str(p).encode()) for p in parts]
+def _seed_for(seed: int, *parts: object) -> int:
+    """The data's seed for one (purpose, split, class, ...): strings hashed stably (sha256)."""
+    return mix_seed(seed, *(str(p) for p in parts))
 
 
 def _list_problems(header: str, lines: Sequence[str], footer: str = "") -> str:

@@ -47,13 +47,12 @@ from pipeline.config import DiffcParams
 from pipeline.diffc.model import DiffC, DiffcConfig, build_diffc, flip_batch
 from pipeline.errors import DataError, StoreError
 from pipeline.features.loaders import FmapLoader
+from pipeline.seeds import generator, mix_seed
 from pipeline.training import (
     CHECKPOINT_NAME,
     Stateful,
     check_finite,
     fingerprint,
-    generator,
-    mix_seed,
     restore_state,
     save_state,
 )
@@ -100,7 +99,7 @@ class _State:
 
 
 # Tags keep the streams of different purposes apart even for equal (seed, epoch, step).
-_INIT, _DROPOUT, _FLIP = 0, 1, 2
+_INIT, _DROPOUT, _FLIP = "diffc.init", "diffc.dropout", "diffc.flip"
 
 
 def flip_generator(seed: int, epoch: int, step: int) -> torch.Generator:

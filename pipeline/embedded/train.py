@@ -20,7 +20,6 @@ nothing, so the `model` stage trains this one itself. Everything here is plain d
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -39,9 +38,20 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from pipeline.config import ModelTrainParams, Params
+from pipeline.curves import write_curve
 from pipeline.devices import resolve_device, resolve_dtype
+from pipeline.errors import ConfigError
 from pipeline.paths import checkpoint_dir
-from pipeline.training import CHECKPOINT_NAME, Stateful, check_finite, fingerprint, restore_state, save_state
+from pipeline.seeds import generator, mix_seed
+from pipeline.training import (
+    CHECKPOINT_NAME,
+    BatchOrder,
+    Stateful,
+    check_finite,
+    fingerprint,
+    restore_state,
+    save_state,
+)
 
 # Steps between checkpoints: at ~0.8 s/step on 2 CPU cores an interruption loses < 1.5 min,
 # while writing the ~50 MB state (model, EMA, two Adam moments) stays well under 1% of the time.
@@ -52,6 +62,7 @@ _CKPT_VERSION = 2
 # The held-out subset and its noise are fixed independently of `model_train.seed`, so that
 # held-out losses of runs with different seeds are measured on the same images and noise.
 _HELDOUT_SEED = 0
+CURVE_FIELDS = ("step", "loss", "lr")
 # model_train fields that only affect evaluation and sampling, not the training trajectory.
 _NOT_TRAINING = {"eval_images", "eval_timesteps", "num_samples", "sample_steps"}
 # Measured on the 2-core CPU: a forward of 250 32-px images costs ~10× one of 128 (activations
@@ -133,8 +144,9 @@ def _dtype_name(amp: torch.dtype | None) -> str:
 def build_unet(mt: ModelTrainParams, seed: int | None = None) -> UNet2DModel:
     """The `fmnist-ddpm` architecture: a grayscale UNet2DModel without attention.
 
-    With `seed`, the initial weights are drawn from a forked global RNG seeded with it, so
-    building never disturbs the caller's RNG and the same seed gives the same weights.
+    With `seed`, the initial weights are drawn from a forked global RNG seeded with
+    `mix_seed(seed, "ddpm.init")`, so building never disturbs the caller's RNG and the same
+    seed gives the same weights.
     """
     n = len(mt.channels)
     kwargs = {
@@ -152,7 +164,7 @@ def build_unet(mt: ModelTrainParams, seed: int | None = None) -> UNet2DModel:
     if seed is None:
         return UNet2DModel(**kwargs)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(mix_seed(seed, "ddpm.init"))
         return UNet2DModel(**kwargs)
 
 
@@ -197,7 +209,7 @@ def _load_splits(params: Params, images: np.ndarray | None) -> tuple[np.ndarray,
     not trained on (at most 10% of them, at most `eval_images`).
     """
     n_eval = params.model_train.eval_images
-    rng = np.random.default_rng(_HELDOUT_SEED)
+    rng = np.random.default_rng(mix_seed(_HELDOUT_SEED, "ddpm.heldout-images"))
     if images is None:
         from pipeline.data.datasets import fashion_mnist_arrays  # lazy: the dataset module pulls torchvision
 
@@ -231,27 +243,7 @@ def _fingerprint(params: Params, train_images: np.ndarray) -> str:
 def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     # One generator per step, seeded by (seed, step) only: resuming needs no saved RNG state,
     # and the draws do not depend on how many steps ran in this process.
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) % (2**63))
-    return g
-
-
-class _BatchOrder:
-    """Epoch-wise shuffling without replacement whose permutation depends on (seed, epoch) only."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if n < batch_size:
-            raise ValueError(f"model_train.batch_size = {batch_size} exceeds the {n} training images")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.steps_per_epoch = n // batch_size  # the ragged tail of each epoch is skipped
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def indices(self, step: int) -> torch.Tensor:
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed((self.seed * 7_919 + epoch + 1) % (2**63))
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
-        return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+    return generator(seed, "ddpm.step", step, device=device)
 
 
 def _new_state(params: Params, device: torch.device, amp: torch.dtype | None) -> _FitState:
@@ -317,7 +309,9 @@ def _fit(
     end = mt.steps if stop_after is None else min(mt.steps, stop_after)
     # The whole train set stays in memory (60k × 32² fp32 = 245 MB); batches are index gathers.
     train_x = train_x.to(device)
-    order = _BatchOrder(len(train_x), mt.batch_size, mt.seed)
+    if len(train_x) < mt.batch_size:
+        raise ConfigError(f"model_train.batch_size = {mt.batch_size} exceeds the {len(train_x)} training images")
+    order = BatchOrder(len(train_x), mt.batch_size, mt.seed)
     alphas = scheduler.alphas_cumprod.to(device)
     bar = tqdm(
         total=mt.steps,
@@ -431,7 +425,7 @@ def heldout_eps_mse(
     unet.eval()
     out: dict[int, float] = {}
     for t in timesteps:
-        g = torch.Generator().manual_seed(seed * 100_003 + int(t))
+        g = generator(seed, "ddpm.heldout", int(t))
         noise = torch.randn(x.shape, generator=g)
         total = 0.0
         for i in range(0, len(x), _EVAL_BATCH):
@@ -461,7 +455,7 @@ def sample_grid(
     pipe = DDIMPipeline(unet=unet, scheduler=ddim)
     pipe.set_progress_bar_config(disable=not progress, desc="sample fmnist-ddpm")
     device = next(unet.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
+    g = generator(seed, "ddpm.samples", device=device)
     with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
         imgs = pipe(batch_size=n, generator=g, num_inference_steps=steps, eta=0.0, output_type="np").images
     imgs = (imgs[..., 0] * 255).round().astype(np.uint8)  # (n, S, S)
@@ -475,15 +469,6 @@ def sample_grid(
             im
         )
     return grid
-
-
-def _write_csv(path: Path, rows: list[tuple[int, float, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss", "lr"])
-        for step, loss, lr in rows:
-            w.writerow([step, f"{loss:.6f}", f"{lr:.6g}"])
 
 
 def train_and_save(
@@ -531,7 +516,7 @@ def train_and_save(
     fig_path.parent.mkdir(parents=True, exist_ok=True)
     # Nearest-neighbour ×2: 32 px samples are too small to judge at 1:1.
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(fig_path)
-    _write_csv(reports_dir / "model_train.csv", st.log)
+    write_curve(reports_dir / "model_train.csv", [dict(zip(CURVE_FIELDS, r)) for r in st.log], CURVE_FIELDS)
 
     final_loss = st.log[-1][1] if st.log else float("nan")
     wall = time.perf_counter() - wall0

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from pipeline.features.store import FeatureStore
+from pipeline.seeds import mix_seed
+from pipeline.training import BatchOrder
 
 
 @dataclass
@@ -126,7 +128,7 @@ class FmapLoader:
         self.epoch = epoch
 
     def _rng(self) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch])
+        return np.random.default_rng(mix_seed(self.seed, "fmap-loader", self.epoch))
 
     def _read_shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         start, stop = self.store.shards(self.split)[shard]
@@ -148,13 +150,15 @@ class FmapLoader:
             yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rng = self._rng()
+        rng, epoch = self._rng(), self.epoch
         self.epoch += 1
         if self.in_memory:
             if self._cache is None:
                 self._cache = (self.store.read(self.split, "fmap"), self.store.read(self.split, "label"))
             x, y = self._cache
-            order = rng.permutation(len(y)) if self.shuffle else np.arange(len(y))
+            # In memory, an epoch's order is the training toolkit's (seed, epoch) permutation.
+            n = len(y)
+            order = BatchOrder(n, self.batch_size, self.seed).permutation(epoch).numpy() if self.shuffle else np.arange(n)
             yield from self._batches(x, y, order)
             return
         shards = list(range(len(self.store.shards(self.split))))

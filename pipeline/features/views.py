@@ -27,7 +27,7 @@ from pipeline.config import Params
 from pipeline.data.datasets import ManifestRow, read_manifest
 from pipeline.data.images import load_image
 from pipeline.paths import data_dir
-from pipeline.training import mix_seed
+from pipeline.seeds import mix_seed
 
 
 def view_seed(seed: int, index: int, view: int) -> int:

@@ -1,7 +1,7 @@
 """Training a k-SAE (pipeline.sae.model) on an in-memory (N, d) activation matrix.
 
 The paper's recipe: Adam at `sae.lr`, constant after `sae.warmup_steps` of linear warm-up,
-batches of `sae.batch_size` drawn without replacement from seeded per-epoch permutations until
+batches of `sae.batch_size` from pipeline.training.BatchOrder (seeded per-epoch permutations) until
 `sae.num_samples` samples have been seen; decoder columns unit-norm around every step.
 
 Bookkeeping the metrics need: per latent, the number of samples since it last fired (dead =
@@ -26,7 +26,16 @@ from tqdm.auto import tqdm
 
 from pipeline.config import SaeParams
 from pipeline.sae.model import KSae, SaeConfig, init_b_pre
-from pipeline.training import CHECKPOINT_NAME, Stateful, check_finite, fingerprint, restore_state, save_state
+from pipeline.seeds import generator
+from pipeline.training import (
+    CHECKPOINT_NAME,
+    BatchOrder,
+    Stateful,
+    check_finite,
+    fingerprint,
+    restore_state,
+    save_state,
+)
 
 _CKPT_VERSION = 1
 # Samples the data-derived b_pre is computed from (OpenAI: the first 32k).
@@ -74,36 +83,8 @@ def dead_window(hp: SaeParams, steps_done: int) -> int:
     return max(1, min(hp.dead_window, steps_done * hp.batch_size))
 
 
-class BatchOrder:
-    """Sample indices of step s: positions [s*B, (s+1)*B) of the endless concatenation of
-    per-epoch permutations, each seeded by (seed, epoch) only. A batch may straddle epochs,
-    so every step has a full batch even when N is not a multiple of B (or is below it)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed((self.seed * 7_919 + epoch + 1) % (2**63))
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return self._perms[epoch]
-
-    def indices(self, step: int) -> torch.Tensor:
-        start, stop = step * self.batch_size, (step + 1) * self.batch_size
-        parts = []
-        while start < stop:
-            epoch, pos = divmod(start, self.n)
-            take = min(stop - start, self.n - pos)
-            parts.append(self._perm(epoch)[pos : pos + take])
-            start += take
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
 def _new_state(cfg: SaeConfig, hp: SaeParams, x: torch.Tensor) -> _State:
-    g = torch.Generator().manual_seed(hp.seed)
+    g = generator(hp.seed, "sae.init")
     model = KSae(cfg, generator=g).to(x.device)
     # b_pre from a seeded sample of the data (all of it when small).
     pick = torch.randperm(len(x), generator=g)[:B_PRE_SAMPLES].to(x.device)

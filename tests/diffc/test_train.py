@@ -195,16 +195,18 @@ def test_bf16_autocast_trains(store: FeatureStore, tmp_path: Path) -> None:
 def test_embedded_width_trains_in_bf16_on_small_maps(side: int, tmp_path: Path) -> None:
     """The embedded default's Diff-C (width 256, lr 1e-4, batch 16) on 128-channel maps of
     1×1, 2×2 and 4×4 (the embedded bottleneck is 4×4, so its last stride-2 conv sees 1×1), in
-    bf16, the precision `auto` picks on CPUs with bf16 units: every epoch's loss is finite and
-    the classes are learnt (≥ 90% test top-1; 100% seen). Before the centre-tap path the loss
-    went NaN here within the first epochs."""
+    bf16, the precision `auto` picks on CPUs with bf16 units: every epoch's loss is finite, the
+    classes are learnt (≥ 75% test top-1, 3× chance; 1×1 maps learn slowest, 87.5% after 3
+    epochs), and as well as in fp32 (within 2 of the 64 test maps). Before the centre-tap
+    path the loss went NaN here within the first epochs."""
     store = _separable_store(tmp_path / "t25.zarr", {"train": 321, "test": 64}, channels=128, side=side)
     hp = _hp(width=256, dropout=0.5, lr=1e-4, lr_min=5e-5, epochs=3)
     fit = _fit(store, hp, tmp_path / "ckpt", amp_dtype=torch.bfloat16)
     losses = [r["train_loss"] for r in fit.curve]
     assert all(np.isfinite(losses)), losses
     assert all(torch.isfinite(p).all() for p in fit.model.parameters())
-    assert fit.test_top1 >= 0.9
+    fp32 = _fit(store, hp, tmp_path / "ckpt32", amp_dtype=None)
+    assert fit.test_top1 >= 0.75 and abs(fit.test_top1 - fp32.test_top1) <= 2 / 64, (fit.test_top1, fp32.test_top1)
 
 
 def test_training_fingerprint() -> None:

@@ -11,7 +11,7 @@ import torch
 from pipeline.config import SaeParams
 from pipeline.errors import NonFiniteLoss
 from pipeline.sae.model import SaeConfig
-from pipeline.sae.train import BatchOrder, num_steps, train_sae
+from pipeline.sae.train import num_steps, train_sae
 
 CPU = torch.device("cpu")
 
@@ -34,16 +34,6 @@ def _assert_same(a, b) -> None:
         assert torch.equal(p, q), name
     assert torch.equal(a.since_fired, b.since_fired)
     assert [r["fvu"] for r in a.curve] == [r["fvu"] for r in b.curve]
-
-
-def test_batch_order_is_a_permutation_per_epoch_and_straddles_epochs():
-    order = BatchOrder(n=10, batch_size=4, seed=3)
-    stream = torch.cat([order.indices(s) for s in range(5)])  # 20 positions = 2 epochs
-    assert sorted(stream[:10].tolist()) == list(range(10))
-    assert sorted(stream[10:].tolist()) == list(range(10))
-    assert not torch.equal(stream[:10], stream[10:])  # reshuffled per epoch
-    small = BatchOrder(n=3, batch_size=8, seed=0)  # fewer samples than a batch: repeats
-    assert len(small.indices(0)) == 8
 
 
 def test_num_steps_matches_the_paper():
