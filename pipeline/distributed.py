@@ -29,8 +29,13 @@ def _noop() -> None:
     pass
 
 
+def world_size() -> int:
+    """Processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_world() -> World:
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = world_size()
     if size <= 1:
         return World(0, 1, _noop)
     if not dist.is_initialized():

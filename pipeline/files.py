@@ -59,11 +59,33 @@ def swap_in(tmp: str | Path, final: str | Path) -> Path:
     return final
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(final: str | Path) -> None:
+    """Delete the temporary and set-aside folders of `final` left by killed runs (their pid
+    is gone); those of a live process are left alone."""
+    final = Path(final)
+    for stale in final.parent.glob(f".{final.name}.*-*"):
+        kind, _, pid = stale.name.rpartition("-")
+        if kind in (f".{final.name}.tmp", f".{final.name}.old") and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def publish_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh, empty folder beside `final` to fill; when the block ends without error
-    it replaces `final` (`swap_in`), otherwise it is removed."""
+    it replaces `final` (`swap_in`), otherwise it is removed. Folders a killed run left
+    beside `final` are removed first (`remove_stale`)."""
     final = Path(final)
+    remove_stale(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -12,6 +12,7 @@ seed mixer of `pipeline.seeds`:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -111,8 +112,7 @@ def restore_state(
 ) -> dict[str, Any] | None:
     """Load the checkpoint into `objects` and return its other values, if there is one for this
     fingerprint; else None, with the reason printed (an unreadable file, another run's
-    checkpoint, or content that does not fit is ignored). After None the objects may be partly
-    loaded: build them afresh."""
+    checkpoint, or content that does not fit is ignored) and the objects as they were."""
     if ckpt_dir is None:
         return None
     path = Path(ckpt_dir) / CHECKPOINT_NAME
@@ -126,10 +126,15 @@ def restore_state(
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         print(f"ignoring {what} checkpoint {path}: it was made with other params, data or code")
         return None
+    # load_state_dict copies what fits before it raises on what does not: keep a copy of the
+    # objects' state to put back (a resume-time cost of one copy of the fresh state).
+    before = {name: copy.deepcopy(obj.state_dict()) for name, obj in objects.items()}
     try:
         for name, obj in objects.items():
             obj.load_state_dict(state.pop(name))
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # matching fingerprint, bad content
+        for name, obj in objects.items():
+            obj.load_state_dict(before[name])
         print(f"ignoring {what} checkpoint {path}: {exc!r}")
         return None
     state.pop("fingerprint")

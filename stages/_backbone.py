@@ -5,13 +5,12 @@ hold the backbones."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.backbones.base import Backbone
 from pipeline.config import Params
-from pipeline.distributed import close_world, init_world
+from pipeline.distributed import close_world, init_world, world_size
 from pipeline.features.backbone import load_for_params
 from pipeline.features.store import FeatureStore
 
@@ -35,4 +34,4 @@ def on_backbone(work: BackboneWork) -> Callable[[Params, Path], FeatureStore | N
 
 def processes(_: FeatureStore) -> dict[str, int]:
     """The timing field of a backbone stage: how many processes shared the work."""
-    return {"processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    return {"processes": world_size()}

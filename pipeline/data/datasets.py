@@ -756,24 +756,6 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[object]]) 
         writer.writerows(rows)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale(parent: Path, dataset: str) -> None:
-    """Delete temporary folders left by runs that were killed (their pid is gone)."""
-    for stale in parent.glob(f".{dataset}.*-*"):
-        kind, _, pid = stale.name.rpartition("-")
-        if kind in (f".{dataset}.tmp", f".{dataset}.old") and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def build_dataset(params: Params, root: Path = Path(".")) -> BuildResult:
     """Run the `data` stage: write `data/<dataset>/` from `params` (see the module docstring).
 
@@ -791,7 +773,6 @@ def build_dataset(params: Params, root: Path = Path(".")) -> BuildResult:
 
     out = data_dir(dataset, root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out.parent, dataset)
     # Built beside the old folder (whose images are reused) and swapped in when complete.
     with publish_dir(out) as tmp:
         # Relative image path (without extension) of each item, folders created up front.

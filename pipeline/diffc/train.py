@@ -294,8 +294,6 @@ def train_diffc(
         _restore(st, saved)
         resumed_from = st.epoch
         print(f"resuming Diff-C training after epoch {st.epoch}/{hp.epochs} ({ckpt_dir / CHECKPOINT_NAME})")
-    elif (ckpt_dir / CHECKPOINT_NAME).exists():
-        st = _new_state(cfg, hp, hp.epochs * per_epoch, device, amp_dtype)  # undo a partial load
 
     # Dropout draws from the global RNG: reseeded per epoch inside a fork, so the caller's RNG
     # state is restored afterwards.

@@ -44,7 +44,6 @@ from pipeline.errors import ConfigError
 from pipeline.paths import checkpoint_dir
 from pipeline.seeds import generator, mix_seed
 from pipeline.training import (
-    CHECKPOINT_NAME,
     BatchOrder,
     Stateful,
     check_finite,
@@ -304,8 +303,6 @@ def _fit(
     st = _new_state(params, device, amp)
     if _try_resume(st, ckpt, fingerprint, device):
         print(f"resuming fmnist-ddpm training from step {st.step} ({ckpt})")
-    elif (ckpt / CHECKPOINT_NAME).exists():
-        st = _new_state(params, device, amp)  # a checkpoint that did not fit may have been partly loaded
     end = mt.steps if stop_after is None else min(mt.steps, stop_after)
     # The whole train set stays in memory (60k × 32² fp32 = 245 MB); batches are index gathers.
     train_x = train_x.to(device)

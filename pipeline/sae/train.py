@@ -28,7 +28,6 @@ from pipeline.config import SaeParams
 from pipeline.sae.model import KSae, SaeConfig, init_b_pre
 from pipeline.seeds import generator
 from pipeline.training import (
-    CHECKPOINT_NAME,
     BatchOrder,
     Stateful,
     check_finite,
@@ -156,8 +155,6 @@ def train_sae(
         _restore(st, values)
         resumed_from = st.step
         print(f"resuming k-SAE training from step {st.step} ({ckpt})")
-    elif ckpt is not None and (ckpt / CHECKPOINT_NAME).exists():
-        st = _new_state(cfg, hp, data)  # a checkpoint that did not fit may have been partly loaded
     total = num_steps(hp)
     last = total if stop_after is None else min(total, stop_after)
     order = BatchOrder(len(data), hp.batch_size, hp.seed)
