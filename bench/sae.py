@@ -16,7 +16,7 @@ each are not timed. Printed: samples/s of
 the ratios ours / sparsify, and each one's FVU on 8,192 held-out samples after the same
 number of samples (target: at least as fast; FVU within 2% of sparsify's).
 
-`--features features/fashion_mnist/fmnist-ddpm/bottleneck/t25.zarr --steps 245` instead
+`--features features/fashion_mnist/fmnist-ddpm/trained/bottleneck/t25.zarr --steps 245` instead
 trains on real pooled activations (the embedded default's shape, d = 128) for as long as the
 fit_sae stage does, and measures FVU on the store's test split.
 

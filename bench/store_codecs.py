@@ -1,6 +1,6 @@
 """Which codec for the feature store: compression ratio and read/write speed on real activations.
 
-    python -m bench.store_codecs [--store features/fashion_mnist/fmnist-ddpm/bottleneck/t25.zarr]
+    python -m bench.store_codecs [--store features/fashion_mnist/fmnist-ddpm/trained/bottleneck/t25.zarr]
                                  [--samples 2048]
 
 Reads `fmap` (float16) and `pooled` (float32) samples from an existing store (by default the
@@ -61,7 +61,7 @@ def _bench(data: np.ndarray, shard: int, folder: Path) -> list[tuple[str, float,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default="features/fashion_mnist/fmnist-ddpm/bottleneck/t25.zarr")
+    parser.add_argument("--store", default="features/fashion_mnist/fmnist-ddpm/trained/bottleneck/t25.zarr")
     parser.add_argument("--samples", type=int, default=2048)
     args = parser.parse_args(argv)
     store = open_store(Path(args.store))

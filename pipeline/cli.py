@@ -179,7 +179,7 @@ def classify(
     images: list[Path] = typer.Argument(..., help="Image files to classify."),
     params: Path = ParamsOpt,
     diffc: Path | None = typer.Option(
-        None, "--diffc", help="A fitted Diff-C folder (default: models/diffc/<dataset>/<model>/<layer>/t<t>)."
+        None, "--diffc", help="A fitted Diff-C folder (default: models/diffc/<dataset>/<model>/<control>/<layer>/t<t>)."
     ),
     top: int = typer.Option(5, "--top", "-k", min=1, help="Classes to print per image."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, mps (default: extract.device)."),
@@ -188,10 +188,11 @@ def classify(
     """Top classes per image: backbone features at the Diff-C's (layer, t), then Diff-C."""
     from pipeline.diffc.classify import classify as run
     from pipeline.diffc.classify import load_classifier
+    from pipeline.diffc.fit import seed_dir
     from pipeline.errors import USER_ERRORS
 
     p = _params_or_exit(params)
-    folder = diffc or p.key.diffc_dir()
+    folder = diffc or seed_dir(p.key.diffc_dir(), p.diffc.seeds[0])
     if not (folder / "config.json").is_file():
         _fail(FileNotFoundError(f"{folder}: no fitted Diff-C here (run `dvc repro fit_diffc`, or pass --diffc)"))
     missing = [str(i) for i in images if not i.is_file()]

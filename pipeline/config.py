@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline.backbones.registry import BACKBONES, get_backbone
 from pipeline.errors import ConfigError
-from pipeline.paths import Key
+from pipeline.paths import CONTROLS, Key
 
 # Dataset name → the domain word used in prompts ("a photo of a {class}, a type of {domain}").
 DATASETS: dict[str, str] = {
@@ -176,15 +176,27 @@ class DiffcParams(_Group):
     batch_size: int = Field(16, ge=1)
     epochs: int = Field(30, ge=1)
     flip: bool = True
-    seed: int = Field(0, ge=0)
+    # One Diff-C per seed (weights, dropout, flips, batch order); metrics report their mean and
+    # std: a 2,000-image test split alone has a standard error near 0.8 points.
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Device = "auto"
     dtype: DType = "auto"
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> "DiffcParams":
+        if any(seed < 0 for seed in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"diffc.seeds must be distinct non-negative ints, got {self.seeds}")
+        return self
 
 
 class EvalParams(_Group):
     top_latents: int = Field(1000, ge=1)
     top_images: int = Field(10, ge=2)
     min_fires: int = Field(10, ge=0)
+    # The linear probe (pipeline.report.probe): logistic regression's inverse L2 strength, fixed
+    # (never tuned), and its lbfgs iteration cap.
+    probe_c: float = Field(1.0, gt=0.0)
+    probe_max_iter: int = Field(2000, ge=1)
 
 
 class RenderParams(_Group):
@@ -211,6 +223,27 @@ class Params(_Group):
     diffc: DiffcParams = DiffcParams()
     eval: EvalParams = EvalParams()
     render: RenderParams = RenderParams()
+    # Which row of the study these params run (`pipeline.paths.CONTROLS`): not a params.yaml
+    # key but each stage's `--control` (dvc.yaml runs one stage per row), see `for_control`.
+    _control: str = PrivateAttr("trained")
+
+    def for_control(self, control: str) -> Params:
+        """These params for the study's `control` row (its outputs: `key`)."""
+        if control not in CONTROLS:
+            raise ConfigError(f"unknown control {control!r}; valid: {', '.join(CONTROLS)}")
+        other = self.model_copy()
+        other._control = control
+        return other
+
+    @property
+    def control(self) -> str:
+        return self._control
+
+    @property
+    def init_seed(self) -> int:
+        """The seed the `init` control draws its denoiser from: `model_train.seed`, so that for the
+        embedded model the init row is exactly the weights its training started from."""
+        return self.model_train.seed
 
     @property
     def backbone(self):
@@ -228,8 +261,8 @@ class Params(_Group):
 
     @property
     def key(self) -> Key:
-        """The study cell these params select (its outputs' paths: `Key`)."""
-        return Key(self.dataset, self.model, self.layer, self.t)
+        """The study cell and row these params select (its outputs' paths: `Key`)."""
+        return Key(self.dataset, self.model, self.layer, self.t, self._control)
 
     @property
     def domain(self) -> str:

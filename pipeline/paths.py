@@ -29,33 +29,50 @@ def latents_store(dataset: str, model: str, root: Path = Path(".")) -> Path:
     return root / "features" / dataset / model / "latents.zarr"
 
 
-
-
-
+# The rows of a study, reported side by side at every key (DESIGN.md, "Controls"):
+# - trained: the model's own weights;
+# - init: the same architecture at initialisation (its denoiser re-drawn from a recorded seed;
+#   the encoder, VAE or pixels, is kept: it defines the input space, not what training added);
+# - input: the model's own input at t (x_t), a pseudo-layer `input` that no layer choice changes.
+CONTROLS = ("trained", "init", "input")
+INPUT_LAYER = "input"
 
 
 @dataclass(frozen=True)
 class Key:
-    """One cell of a study: which features of which model, `dataset/model/layer/t<t>`.
+    """One cell of a study: which features of which model, `dataset/model/control/layer/t<t>`.
 
     The feature store, the k-SAE, Diff-C and their curves of a key live under the same
-    relative path in their folders (dvc.yaml's `${dataset}/${model}/${layer}/t${t}`), so a
-    key visited before is restored from DVC's run cache. `Params.key` is the current one.
+    relative path in their folders (dvc.yaml's `${dataset}/${model}/<control>/<layer>/t${t}`),
+    so a key visited before is restored from DVC's run cache. `control` is one of `CONTROLS`;
+    the `input` control has the pseudo-layer `input` whatever layer it is asked for, so one
+    input row serves every layer of a (model, t). `Params.key` is the current one.
     """
 
     dataset: str
     model: str
     layer: str
     t: int
+    control: str = "trained"
+
+    def __post_init__(self) -> None:
+        if self.control not in CONTROLS:
+            raise ValueError(f"unknown control {self.control!r}; valid: {', '.join(CONTROLS)}")
+        if self.control == INPUT_LAYER and self.layer != INPUT_LAYER:
+            object.__setattr__(self, "layer", INPUT_LAYER)
 
     def __str__(self) -> str:
-        return f"{self.dataset}/{self.model}/{self.layer}/t{self.t}"
+        return f"{self.dataset}/{self.model}/{self.control}/{self.layer}/t{self.t}"
 
     def with_layer(self, layer: str) -> Key:
-        return Key(self.dataset, self.model, layer, self.t)
+        return Key(self.dataset, self.model, layer, self.t, self.control)
+
+    def with_control(self, control: str, layer: str | None = None) -> Key:
+        """The same cell's `control` row (at `layer`, default this key's)."""
+        return Key(self.dataset, self.model, layer or self.layer, self.t, control)
 
     def features_store(self, root: Path = Path(".")) -> Path:
-        return root / "features" / self.dataset / self.model / self.layer / f"t{self.t}.zarr"
+        return root / "features" / f"{self}.zarr"
 
     def sae_dir(self, root: Path = Path(".")) -> Path:
         return root / "models" / "sae" / str(self)
@@ -66,8 +83,9 @@ class Key:
     def diffc_dir(self, root: Path = Path(".")) -> Path:
         return root / "models" / "diffc" / str(self)
 
-    def diffc_curve(self, root: Path = Path(".")) -> Path:
-        return root / "reports" / "diffc" / f"{self}.csv"
+    def diffc_curves(self, root: Path = Path(".")) -> Path:
+        """A folder of per-epoch curves, one CSV per Diff-C seed."""
+        return root / "reports" / "diffc" / str(self)
 
 
 def metrics_path(root: Path = Path(".")) -> Path:

@@ -7,7 +7,7 @@ to `reports/timings.json` instead: not a DVC output (no hash, no cache), not in 
 entry per stage and key (the part of `dataset/model/layer/t<t>` the stage depends on), the
 latest run's, e.g.
 
-    {"fit_diffc": {"fashion_mnist/fmnist-ddpm/bottleneck/t25":
+    {"fit_diffc": {"fashion_mnist/fmnist-ddpm/trained/bottleneck/t25":
         {"seconds": 118.3, "train_seconds": 111.0, "train_samples_per_s": 901.2,
          "resumed_from": 0, "machine": {...}, "finished": "2026-12-01T23:10:04+00:00"}}}
 """
@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.files import atomic_write
 from pipeline.paths import Key, reports_dir
 
-# The key fields each stage's output depends on (dvc.yaml's path templates); the rest: all four.
+# The key fields each stage's output depends on (dvc.yaml's path templates); the rest: all five.
 _KEY_FIELDS = {"data": ("dataset",), "model": ("model",), "encode": ("dataset", "model")}
 
 
@@ -57,7 +57,7 @@ def _cpu_model() -> str | None:
 
 
 def timing_key(stage: str, key: Key) -> str:
-    names = _KEY_FIELDS.get(stage, ("dataset", "model", "layer", "t"))
+    names = _KEY_FIELDS.get(stage, ("dataset", "model", "control", "layer", "t"))
     return "/".join(f"t{key.t}" if n == "t" else str(getattr(key, n)) for n in names)
 
 

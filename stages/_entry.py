@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from pipeline.config import Params, load_params_or_exit
 from pipeline.errors import USER_ERRORS
+from pipeline.paths import CONTROLS
 from pipeline.timings import record_timing
 
 Result = TypeVar("Result")
@@ -34,10 +35,13 @@ def run_stage(
     argv: list[str] | None = None,
     *,
     timing: Callable[[Result], dict[str, Any]] | None = None,
+    per_control: bool = False,
 ) -> int:
     """Run stage `stage` (its module docstring `doc` is the `--help`); returns the exit status.
 
     `timing` adds fields to the stage's entry in reports/timings.json (e.g. processes).
+    `per_control`: the stage runs once per row of the study (`--control`, see
+    pipeline.paths.CONTROLS) and `work` gets the params of that row.
     """
     summary, _, details = doc.strip().partition("\n")
     parser = argparse.ArgumentParser(
@@ -45,8 +49,16 @@ def run_stage(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    if per_control:
+        parser.add_argument(
+            "--control", choices=CONTROLS, default="trained",
+            help="the study's row: the trained model (default), the same architecture at "
+            "initialisation, or the model's input at t",
+        )
     args = parser.parse_args(argv)
     params = load_params_or_exit(args.params)
+    if per_control:
+        params = params.for_control(args.control)
     start = time.perf_counter()
     try:
         result = work(params, Path("."))

@@ -1,5 +1,6 @@
-"""`python -m stages.evaluate`: the current key's Diff-C accuracy, σ_label and purity scores,
-and k-SAE test metrics → `reports/metrics.json` (DVC metrics).
+"""`python -m stages.evaluate`: the current key's Diff-C accuracy (mean ± std over seeds), linear
+probe, σ_label and purity scores and k-SAE test metrics, for the trained model and its two
+controls side by side → `reports/metrics.json` (DVC metrics).
 
     python -m stages.evaluate [--params params.yaml]
 """
@@ -9,18 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import Params
-from pipeline.paths import metrics_path
+from pipeline.paths import CONTROLS, metrics_path
 from pipeline.report.evaluate import run_evaluate
 from stages._entry import run_stage
 
 
 def _report(params: Params, m: dict[str, Any], seconds: float) -> str:
-    sae = m["sae"]
-    return (
-        f"evaluate {params.layer} t={params.t}: Diff-C top-1 {m['diffc']['top1_pct']:.2f}%, "
-        f"σ_label@{sae['latents']} {sae['sigma_label']:.3f} (majority {sae['majority']:.3f}, "
-        f"entropy {sae['entropy']:.3f} bits), k-SAE test FVU {sae['fvu']:.4f} → {metrics_path()}"
-    )
+    lines = [f"evaluate {params.layer} t={params.t} in {seconds:.1f} s → {metrics_path()}"]
+    for control in CONTROLS:
+        row = m[control]
+        d, sae = row["diffc"], row["sae"]
+        lines.append(
+            f"  {control:8s} Diff-C top-1 {d['top1_pct']:.2f} ± {d['top1_std']:.2f}% ({d['seeds']} seeds), "
+            f"probe {row['probe']['top1_pct']:.2f}%, σ_label@{sae['latents']} {sae['sigma_label']:.3f}, "
+            f"majority {sae['majority']:.3f}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

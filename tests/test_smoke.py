@@ -44,7 +44,7 @@ SMOKE_PARAMS = {
     # Every dtype stays `auto`, as users run it (bf16 on CPUs with bf16 units, CI's included).
     "extract": {"batch_size": 8, "shard_size": 16},
     "sae": {"expansion": 4, "k": 4, "batch_size": 32, "num_samples": 320, "warmup_steps": 2, "top_images": 5},
-    "diffc": {"width": 8, "epochs": 2, "batch_size": 16},
+    "diffc": {"width": 8, "epochs": 2, "batch_size": 16, "seeds": [0, 1]},
     "eval": {"top_images": 5},
     "render": {"top_images": 5},
 }
@@ -110,37 +110,53 @@ def test_model_stage_outputs(smoke_repo: Path) -> None:
     assert (out / "figures/model_samples.png").stat().st_size > 100
 
 
+ROWS = {"trained": "trained/up_ft0", "init": "init/up_ft0", "input": "input/input"}
+
+
 def test_encode_and_extract_outputs(smoke_repo: Path) -> None:
     latents = open_store(smoke_repo / "features/digits/fmnist-ddpm/latents.zarr")
     assert latents.array("train", "latents").shape == (50, 1, 16, 16)
-    feats = open_store(smoke_repo / "features/digits/fmnist-ddpm/up_ft0/t25.zarr")
-    assert feats.provenance["layer"] == "up_ft0" and feats.provenance["t"] == 25
-    pooled = feats.read("train", "pooled")
-    fmap = feats.read("test", "fmap")
-    assert pooled.shape[0] == 50 and np.isfinite(pooled).all() and pooled.std() > 0
-    assert fmap.dtype == np.float16 and fmap.shape[0] == 20
-    np.testing.assert_array_equal(feats.read("train", "label"), latents.read("train", "label"))
+    pooled = {}
+    for control, row in ROWS.items():
+        feats = open_store(smoke_repo / f"features/digits/fmnist-ddpm/{row}/t25.zarr")
+        prov = feats.provenance
+        assert prov["control"] == control and prov["layer"] == row.split("/")[1] and prov["t"] == 25
+        assert ("init_seed" in prov) == (control == "init")
+        pooled[control] = feats.read("train", "pooled")
+        fmap = feats.read("test", "fmap")
+        assert pooled[control].shape[0] == 50 and np.isfinite(pooled[control]).all() and pooled[control].std() > 0
+        assert fmap.dtype == np.float16 and fmap.shape[0] == 20
+        np.testing.assert_array_equal(feats.read("train", "label"), latents.read("train", "label"))
+    # The same layer of the same architecture, other weights; the input row is x_t itself.
+    assert pooled["init"].shape == pooled["trained"].shape and not np.array_equal(pooled["init"], pooled["trained"])
+    x_t = open_store(smoke_repo / "features/digits/fmnist-ddpm/input/input/t25.zarr").read("train", "fmap")
+    assert x_t.shape == (50, 1, 16, 16) and pooled["input"].shape == (50, 1)
 
 
-def test_fit_sae_outputs(smoke_repo: Path) -> None:
-    out = smoke_repo / "models/sae/digits/fmnist-ddpm/up_ft0/t25"
+@pytest.mark.parametrize("row", ROWS.values())
+def test_fit_sae_outputs(smoke_repo: Path, row: str) -> None:
+    out = smoke_repo / f"models/sae/digits/fmnist-ddpm/{row}/t25"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["k"] == 4 and metrics["steps"] == 10
     assert metrics["train"]["l0"] == 4 and metrics["test"]["l0"] == 4
-    assert 0 < metrics["train"]["fvu"] < 1.5
+    assert 0 <= metrics["train"]["fvu"] < 1.5
     assert (out / "sae.safetensors").is_file() and (out / "codes.safetensors").is_file()
-    curve = list(csv.DictReader((smoke_repo / "reports/sae/digits/fmnist-ddpm/up_ft0/t25.csv").open()))
+    curve = list(csv.DictReader((smoke_repo / f"reports/sae/digits/fmnist-ddpm/{row}/t25.csv").open()))
     assert len(curve) == 10 and curve[-1]["samples"] == "320"
 
 
-def test_fit_diffc_outputs(smoke_repo: Path) -> None:
-    out = smoke_repo / "models/diffc/digits/fmnist-ddpm/up_ft0/t25"
+@pytest.mark.parametrize("row", ROWS.values())
+def test_fit_diffc_outputs(smoke_repo: Path, row: str) -> None:
+    out = smoke_repo / f"models/diffc/digits/fmnist-ddpm/{row}/t25"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["test_top1"] <= metrics["test_top5"] <= 1 and metrics["epochs"] == 2
-    config = json.loads((out / "config.json").read_text())
-    assert config["num_classes"] == 10 and config["extra"]["classes"] == [str(i) for i in range(10)]
-    curve = list(csv.DictReader((smoke_repo / "reports/diffc/digits/fmnist-ddpm/up_ft0/t25.csv").open()))
-    assert [r["epoch"] for r in curve] == ["1", "2"]
+    assert metrics["seeds"] == [0, 1] and metrics["epochs"] == 2
+    assert 0 <= metrics["top1_mean"] <= metrics["top5_mean"] <= 1 and metrics["top1_std"] >= 0
+    for seed in (0, 1):
+        config = json.loads((out / f"seed{seed}/config.json").read_text())
+        assert config["num_classes"] == 10 and config["extra"]["classes"] == [str(i) for i in range(10)]
+        assert config["extra"]["seed"] == seed and config["extra"]["control"] == row.split("/")[0]
+        curve = smoke_repo / f"reports/diffc/digits/fmnist-ddpm/{row}/t25/seed{seed}.csv"
+        assert [r["epoch"] for r in csv.DictReader(curve.open())] == ["1", "2"]
 
 
 def test_classify_cli(smoke_repo: Path) -> None:
@@ -158,8 +174,13 @@ def test_classify_cli(smoke_repo: Path) -> None:
 
 def test_evaluate_metrics(smoke_repo: Path) -> None:
     metrics = json.loads((smoke_repo / "reports/metrics.json").read_text())
-    assert 0 <= metrics["diffc"]["top1_pct"] <= 100
-    sae = metrics["sae"]
+    for control in ROWS:  # the three rows, the four measures each
+        row = metrics[control]
+        assert 0 <= row["diffc"]["top1_pct"] <= 100 and row["diffc"]["seeds"] == 2
+        assert 0 <= row["probe"]["top1_pct"] <= 100
+        assert row["sae"]["sigma_label"] >= 0 and 0 < row["sae"]["majority"] <= 1
+    assert metrics["input"]["probe"]["dim"] == 16 * 16  # the flattened grayscale x_t
+    sae = metrics["trained"]["sae"]
     assert sae["l0"] == 4 and sae["latents"] <= 1000 and set(sae["code"]) >= {"sigma_label", "majority"}
     heldout = metrics["model"]["heldout_eps_mse"]["t25"]
     assert 0 < heldout["trained"] and 0 < heldout["init"]
@@ -185,8 +206,8 @@ def test_sae_param_reruns_fit_sae_and_evaluate(smoke_repo: Path) -> None:
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = _dvc(smoke_repo, "repro")
-        assert _ran(proc) == {"fit_sae", "evaluate", "render"}, proc.stdout
-        metrics = json.loads((smoke_repo / "models/sae/digits/fmnist-ddpm/up_ft0/t25/metrics.json").read_text())
+        assert _ran(proc) == {"fit_sae@trained", "fit_sae@init", "fit_sae@input", "evaluate", "render"}, proc.stdout
+        metrics = json.loads((smoke_repo / "models/sae/digits/fmnist-ddpm/trained/up_ft0/t25/metrics.json").read_text())
         assert metrics["k"] == 2
     finally:
         params["sae"]["k"] = 4
@@ -201,14 +222,16 @@ def test_second_repro_runs_nothing(smoke_repo: Path) -> None:
 
 
 def test_forced_rerun_reproduces_every_output_byte_for_byte(smoke_repo: Path) -> None:
-    """Same params and seed, `dtype: auto` everywhere: rerunning all eight stages gives the
-    same dvc.lock (every output's hash) and metrics; only the uncached timings change."""
+    """Same params and seed, `dtype: auto` everywhere: rerunning all fourteen stages (eight
+    kinds, three rows) gives the same dvc.lock (every output's hash) and metrics; only the
+    uncached timings change."""
     lock, metrics = (smoke_repo / "dvc.lock").read_text(), (smoke_repo / "reports/metrics.json").read_bytes()
     timings = json.loads((smoke_repo / "reports/timings.json").read_text())
     assert set(timings) == {"data", "model", "encode", "extract", "fit_sae", "fit_diffc", "evaluate", "render"}
-    assert timings["fit_diffc"]["digits/fmnist-ddpm/up_ft0/t25"]["train_samples_per_s"] > 0
+    assert timings["fit_diffc"]["digits/fmnist-ddpm/init/up_ft0/t25"]["train_samples_per_s"] > 0
+    assert set(timings["extract"]) == {f"digits/fmnist-ddpm/{row}/t25" for row in ROWS.values()}
     proc = _dvc(smoke_repo, "repro", "--force")
-    assert len(_ran(proc)) == 8, proc.stdout
+    assert len(_ran(proc)) == 14, proc.stdout
     assert (smoke_repo / "reports/metrics.json").read_bytes() == metrics
     again = (smoke_repo / "dvc.lock").read_text()
     assert again == lock, "".join(difflib.unified_diff(lock.splitlines(True), again.splitlines(True), n=1))
@@ -222,14 +245,20 @@ def test_new_layer_reruns_extract_and_downstream(smoke_repo: Path) -> None:
     (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = _dvc(smoke_repo, "repro")
-        assert _ran(proc) == {"extract", "fit_sae", "fit_diffc", "evaluate", "render"}, proc.stdout
-        assert (smoke_repo / "features/digits/fmnist-ddpm/bottleneck/t25.zarr/zarr.json").is_file()
-        # Back to the first key: DVC's run cache restores it without running anything.
+        # The trained and init taps follow the layer; the input row (x_t) does not.
+        rows = {f"{stage}@{c}" for stage in ("extract", "fit_sae", "fit_diffc") for c in ("trained", "init")}
+        assert _ran(proc) == rows | {"evaluate", "render"}, proc.stdout
+        for control in ("trained", "init"):
+            assert (smoke_repo / f"features/digits/fmnist-ddpm/{control}/bottleneck/t25.zarr/zarr.json").is_file()
+        # Back to the first key: DVC's run cache restores it, the init control's outputs too,
+        # without running anything.
         params["layer"] = "up_ft0"
         (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         proc = _dvc(smoke_repo, "repro")
         assert "Running stage" not in proc.stdout, proc.stdout
-        assert open_store(smoke_repo / "features/digits/fmnist-ddpm/up_ft0/t25.zarr").complete
+        for control in ("trained", "init"):
+            assert open_store(smoke_repo / f"features/digits/fmnist-ddpm/{control}/up_ft0/t25.zarr").complete
+            assert (smoke_repo / f"models/diffc/digits/fmnist-ddpm/{control}/up_ft0/t25/seed1/model.safetensors").is_file()
     finally:
         params["layer"] = "up_ft0"
         (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

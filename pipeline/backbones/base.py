@@ -26,6 +26,8 @@ from torch import nn
 from pipeline.backbones.noise import batch_noise, check_timestep
 from pipeline.backbones.registry import BackboneSpec
 from pipeline.backbones.weights import ResolvedWeights
+from pipeline.paths import INPUT_LAYER
+from pipeline.seeds import mix_seed
 
 CondKind = Literal["text", "class", "none"]
 NoiseMode = Literal["add", "embed_only"]
@@ -168,10 +170,14 @@ class Backbone:
         return list(self.layer_modules)
 
     def check_layers(self, layers: str | Sequence[str]) -> list[str]:
-        """Requested layers, validated and in forward order."""
+        """Requested layers, validated and in forward order.
+
+        The pseudo-layer `input` (pipeline.paths.INPUT_LAYER) is the denoiser's input x_t itself,
+        first in forward order: the `input` control's tap.
+        """
         layers = [layers] if isinstance(layers, str) else list(layers)
-        valid = self.layer_names()
-        unknown = [name for name in layers if name not in self.layer_modules]
+        valid = [INPUT_LAYER, *self.layer_names()]
+        unknown = [name for name in layers if name not in valid]
         if unknown:
             raise ValueError(
                 f"unknown layer {', '.join(map(repr, unknown))} for model {self.name}; "
@@ -312,14 +318,18 @@ class Backbone:
         early_exit: bool,
     ) -> dict[str, torch.Tensor]:
         x_in = self.model_input(x0, t, noise if self.uses_noise else None)
+        modules = [name for name in order if name != INPUT_LAYER]
+        out = {INPUT_LAYER: x_in} if INPUT_LAYER in order else {}
+        if not modules:
+            return out  # only the input: the denoiser need not run at all
         timesteps = torch.full((x_in.shape[0],), t, dtype=torch.long, device=self.device)
         raw = capture(
             self.layer_modules,
-            order,
+            modules,
             lambda: self.forward(x_in, timesteps, cond),
-            stop_after=order[-1] if early_exit else None,
+            stop_after=modules[-1] if early_exit else None,
         )
-        return {name: self.tap_view(raw[name], x_in) for name in order}
+        return {**out, **{name: self.tap_view(raw[name], x_in) for name in modules}}
 
 
 def extract_taps(
@@ -361,3 +371,28 @@ def extract_taps(
         for name, value in out.items():
             total[name] = value.float() if name not in total else total[name] + value.float()
     return {name: value / draws for name, value in total.items()}
+
+
+# The RNG stream a denoiser's initial weights are drawn from. The embedded trainer builds its
+# UNet under the same stream (pipeline.embedded.train.build_unet), so the `init` control of
+# the embedded model is exactly the weights its training started from.
+INIT_STREAM = "ddpm.init"
+
+
+def draw_initial_weights(denoiser: nn.Module, seed: int) -> None:
+    """Re-draw `denoiser`'s weights in place as its constructor does, from `seed`.
+
+    A fresh instance of the same class is built from the model's own diffusers config inside a
+    forked RNG seeded with `mix_seed(seed, INIT_STREAM)` (the caller's RNG is untouched), and
+    its parameters and buffers are copied in (cast to the denoiser's dtype). Copying in place
+    keeps the layer hooks and the forward closure of the `Backbone` pointing at live modules.
+    The encoder (VAE, pixels) is not touched: it defines the input space, not what diffusion
+    training added.
+    """
+    config = getattr(denoiser, "config", None)
+    if config is None or not hasattr(type(denoiser), "from_config"):
+        raise TypeError(f"{type(denoiser).__name__} has no diffusers config to rebuild it at initialisation from")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(mix_seed(seed, INIT_STREAM))
+        fresh = type(denoiser).from_config(config)
+    denoiser.load_state_dict(fresh.state_dict())

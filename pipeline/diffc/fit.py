@@ -1,13 +1,17 @@
 """The `fit_diffc` stage: train Diff-C (pipeline.diffc.model) on `train/fmap` of the current key's
-feature store (every cached view), evaluate on `test/fmap` after each epoch.
+feature store (every cached view), once per seed of `diffc.seeds`, evaluate on `test/fmap`
+after each epoch.
 
-Writes `models/diffc/<dataset>/<model>/<layer>/t<t>/`:
-- `model.safetensors`, `config.json` (pipeline.diffc.model.load_diffc reads them; the config's
-  `extra` holds the class names, the key and the features' provenance hash, so that
-  `revelio classify` can rebuild the whole image → class path from this folder alone);
-- `metrics.json` — final test top-1 / top-5, epochs, parameters;
-and the per-epoch curve `reports/diffc/<dataset>/<model>/<layer>/t<t>.csv` (a DVC plot).
-An interrupted run resumes after its last finished epoch (checkpoint beside the output).
+Writes `models/diffc/<dataset>/<model>/<control>/<layer>/t<t>/`:
+- `seed<s>/model.safetensors`, `seed<s>/config.json` per seed (pipeline.diffc.model.load_diffc
+  reads them; the config's `extra` holds the class names, the key and the features'
+  provenance hash, so that `revelio classify` can rebuild the whole image → class path from
+  this folder alone);
+- `metrics.json` — per-seed final test top-1 / top-5, their mean and std (ddof 1), epochs,
+  parameters;
+and the per-epoch curves `reports/diffc/<dataset>/<model>/<control>/<layer>/t<t>/seed<s>.csv`
+(a DVC plot per seed). An interrupted run resumes: finished seeds are kept, the current one
+resumes after its last finished epoch (checkpoints beside the output).
 How long it took goes to `reports/timings.json` (pipeline.timings), not into the outputs.
 """
 
@@ -17,6 +21,8 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.config import Params
 from pipeline.curves import write_curve
@@ -29,15 +35,43 @@ from pipeline.features.loaders import FmapLoader
 from pipeline.features.store import open_store, provenance_hash
 from pipeline.files import publish_dir
 from pipeline.paths import checkpoint_dir
-from pipeline.timings import record_fit_timing
+from pipeline.timings import record_timing
 
 CURVE_FIELDS = ("epoch", "train_loss", "test_loss", "test_top1", "test_top5", "lr")
 
 
+def seed_dir(out_dir: Path, seed: int) -> Path:
+    """The Diff-C folder of one seed inside a `fit_diffc` output."""
+    return Path(out_dir) / f"seed{seed}"
+
+
+def seed_curve(curve_dir: Path, seed: int) -> Path:
+    return Path(curve_dir) / f"seed{seed}.csv"
+
+
+def summarise(seeds: list[int], fits: list[DiffcFit]) -> dict[str, Any]:
+    """The metrics of a multi-seed fit: per seed, mean and sample std (0 for one seed)."""
+    top1 = np.array([f.test_top1 for f in fits])
+    top5 = np.array([f.test_top5 for f in fits])
+    spread = (lambda v: float(v.std(ddof=1))) if len(fits) > 1 else (lambda v: 0.0)
+    return {
+        "seeds": list(seeds),
+        "test_top1": top1.tolist(),
+        "test_top5": top5.tolist(),
+        "top1_mean": float(top1.mean()),
+        "top1_std": spread(top1),
+        "top5_mean": float(top5.mean()),
+        "top5_std": spread(top5),
+        "epochs": len(fits[0].curve),
+        "num_parameters": sum(p.numel() for p in fits[0].model.parameters()),
+    }
+
+
 def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume), save, return the metrics."""
+    """Train (or resume) one Diff-C per seed, save them, return the metrics."""
     hp = params.diffc
-    store_path = params.key.features_store(root)
+    key = params.key
+    store_path = key.features_store(root)
     store = open_store(store_path)
     for split in ("train", "test"):
         if split not in store.splits() or not store.has_array(split, "fmap"):
@@ -47,33 +81,34 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     classes = read_classes(params.dataset, root)
     device = resolve_device(hp.device)
     amp_dtype = resolve_dtype(hp.dtype, device)
-    train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=hp.seed)
     test = FmapLoader(store, "test", max(hp.batch_size, 256), shuffle=False)
-    out_dir = params.key.diffc_dir(root)
+    out_dir = key.diffc_dir(root)
     ckpt = checkpoint_dir(out_dir)
     store_hash = provenance_hash(store.provenance)
-    fingerprint = training_fingerprint(hp, store=store_hash, classes=classes)
     shape = tuple(store.array("train", "fmap").shape[1:])
     print(
         f"Diff-C on {store_path}: {store.num_samples('train')} train / {store.num_samples('test')} test maps "
         f"of {'x'.join(map(str, shape))}, {len(classes)} classes, width {hp.width}, {hp.epochs} epochs at batch "
-        f"{hp.batch_size}; {device}, {str(amp_dtype).removeprefix('torch.')}"
+        f"{hp.batch_size}, seeds {hp.seeds}; {device}, {str(amp_dtype).removeprefix('torch.')}"
     )
-    fit: DiffcFit = train_diffc(
-        train, test, len(classes), hp, device=device, amp_dtype=amp_dtype, ckpt_dir=ckpt,
-        fingerprint=fingerprint, progress=progress,
-    )
-    metrics = {
-        "test_top1": fit.test_top1,
-        "test_top5": fit.test_top5,
-        "epochs": len(fit.curve),
-        "num_parameters": sum(p.numel() for p in fit.model.parameters()),
-    }
+    fits: list[DiffcFit] = []
+    for seed in hp.seeds:
+        # Each seed has its own checkpoint, kept until all seeds are done: a rerun after an
+        # interruption restores the finished seeds at once and resumes the current one.
+        train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=seed)
+        fits.append(train_diffc(
+            train, test, len(classes), hp, seed=seed, device=device, amp_dtype=amp_dtype,
+            ckpt_dir=ckpt / f"seed{seed}",
+            fingerprint=training_fingerprint(hp, seed=seed, store=store_hash, classes=classes),
+            progress=progress,
+        ))
+    metrics = summarise(hp.seeds, fits)
     extra = {
         "classes": classes,
         "dataset": params.dataset,
         "model": params.model,
-        "layer": params.layer,
+        "control": key.control,
+        "layer": key.layer,
         "t": params.t,
         "prompt": params.prompt,
         "features_provenance_hash": store_hash,
@@ -81,12 +116,23 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
         "training": hp.model_dump(),
         "amp_dtype": str(amp_dtype).removeprefix("torch."),
         "device": str(device),
-        "metrics": metrics,
     }
     with publish_dir(out_dir) as tmp:
-        save_diffc(fit.model, fit.cfg, tmp, extra=extra)
+        for seed, fit in zip(hp.seeds, fits, strict=True):
+            own = {"test_top1": fit.test_top1, "test_top5": fit.test_top5}
+            save_diffc(fit.model, fit.cfg, seed_dir(tmp, seed), extra={**extra, "seed": seed, "metrics": own})
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_curve(params.key.diffc_curve(root), fit.curve, CURVE_FIELDS)
+    curves = key.diffc_curves(root)
+    with publish_dir(curves) as tmp:
+        for seed, fit in zip(hp.seeds, fits, strict=True):
+            write_curve(seed_curve(tmp, seed), fit.curve, CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
-    record_fit_timing("fit_diffc", "Diff-C", params.key, fit, root)
+    train_seconds = sum(f.train_seconds for f in fits)
+    samples = sum(f.samples_per_s * f.train_seconds for f in fits)
+    print(f"Diff-C trained {len(fits)} seeds for {train_seconds:.1f} s, {samples / max(train_seconds, 1e-9):.0f} samples/s")
+    record_timing("fit_diffc", key, {
+        "train_seconds": train_seconds,
+        "train_samples_per_s": samples / train_seconds if train_seconds > 0 else 0.0,
+        "resumed_from": [f.resumed_from for f in fits],
+    }, root)
     return metrics

@@ -228,15 +228,15 @@ def training_fingerprint(hp: DiffcParams, **parts: Any) -> str:
 
 def steps_per_epoch(loader: FmapLoader) -> int:
     """Training steps per epoch: the loader's batches less a one-sample last batch (skipped)."""
-    n = loader.store.num_samples(loader.split)
+    n = loader.num_samples
     full, rest = divmod(n, loader.batch_size)
     return full + (1 if rest >= 2 and not loader.drop_last else 0)
 
 
 def _new_state(
-    cfg: DiffcConfig, hp: DiffcParams, total_steps: int, device: torch.device, amp_dtype
+    cfg: DiffcConfig, hp: DiffcParams, seed: int, total_steps: int, device: torch.device, amp_dtype
 ) -> _State:
-    model = build_diffc(cfg, seed=mix_seed(hp.seed, _INIT)).to(device, memory_format=torch.channels_last)
+    model = build_diffc(cfg, seed=mix_seed(seed, _INIT)).to(device, memory_format=torch.channels_last)
     model.train()
     # fused AdamW: one kernel for all 40M parameters on CUDA; on CPU the default (foreach) path.
     optimizer = torch.optim.AdamW(
@@ -261,6 +261,7 @@ def train_diffc(
     num_classes: int,
     hp: DiffcParams,
     *,
+    seed: int,
     device: torch.device | str,
     amp_dtype: torch.dtype | None,
     ckpt_dir: Path,
@@ -269,6 +270,9 @@ def train_diffc(
     progress: bool = True,
 ) -> DiffcFit:
     """Train (or resume) Diff-C for `hp.epochs` epochs on `train`, evaluating on `test` after each.
+
+    `seed` (one of `hp.seeds`) draws the weights, the dropout masks and the flips; the batch
+    order is `train`'s own (its loader seed).
 
     `fingerprint` names what the training depends on (`training_fingerprint`: params, store
     provenance, classes): a checkpoint in `ckpt_dir` is resumed only if it matches. `log(row)` is called with each new
@@ -287,7 +291,7 @@ def train_diffc(
     per_epoch = steps_per_epoch(train)
     if per_epoch == 0:
         raise DataError(f"{train.store.path}: Diff-C needs at least 2 training samples per batch to train")
-    st = _new_state(cfg, hp, hp.epochs * per_epoch, device, amp_dtype)
+    st = _new_state(cfg, hp, seed, hp.epochs * per_epoch, device, amp_dtype)
     resumed_from = 0
     saved = restore_state(ckpt_dir, fingerprint, _objects(st), device=device, what="Diff-C")
     if saved is not None:
@@ -300,7 +304,7 @@ def train_diffc(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         while st.epoch < hp.epochs:
-            train_loss, lr = _train_epoch(st, train, hp, device, amp_dtype, per_epoch, progress, ckpt_dir)
+            train_loss, lr = _train_epoch(st, train, hp, seed, device, amp_dtype, per_epoch, progress, ckpt_dir)
             _check_weights(st.model, st.epoch + 1, hp, ckpt_dir)
             metrics = split_accuracy(st.model, test, device, amp_dtype)
             st.epoch += 1
@@ -341,6 +345,7 @@ def _train_epoch(
     st: _State,
     train: FmapLoader,
     hp: DiffcParams,
+    seed: int,
     device: torch.device,
     amp_dtype: torch.dtype | None,
     per_epoch: int,
@@ -349,7 +354,7 @@ def _train_epoch(
 ) -> tuple[float, float]:
     """One pass over `train`: (mean training loss, lr of the epoch's last step)."""
     epoch = st.epoch  # 0-based index of the epoch being trained
-    torch.manual_seed(mix_seed(hp.seed, _DROPOUT, epoch))
+    torch.manual_seed(mix_seed(seed, _DROPOUT, epoch))
     train.set_epoch(epoch)
     st.model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -357,7 +362,7 @@ def _train_epoch(
     lr = st.optimizer.param_groups[0]["lr"]
     bar = tqdm(
         total=per_epoch,
-        desc=f"Diff-C epoch {epoch + 1}/{hp.epochs}",
+        desc=f"Diff-C seed {seed} epoch {epoch + 1}/{hp.epochs}",
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
@@ -370,7 +375,7 @@ def _train_epoch(
             continue  # see the module docstring: BatchNorm cannot train on one sample
         x, y = to_input(fmap, device), label.to(device, non_blocking=True)
         if hp.flip:
-            x = flip_batch(x, flip_generator(hp.seed, epoch, step))
+            x = flip_batch(x, flip_generator(seed, epoch, step))
         lr = st.optimizer.param_groups[0]["lr"]
         loss = train_step(st.model, st.optimizer, st.scaler, x, y, amp_dtype=amp_dtype)
         st.schedule.step()

@@ -37,6 +37,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from pipeline.backbones.base import INIT_STREAM
 from pipeline.config import ModelTrainParams, Params
 from pipeline.curves import write_curve
 from pipeline.devices import resolve_device, resolve_dtype
@@ -144,8 +145,9 @@ def build_unet(mt: ModelTrainParams, seed: int | None = None) -> UNet2DModel:
     """The `fmnist-ddpm` architecture: a grayscale UNet2DModel without attention.
 
     With `seed`, the initial weights are drawn from a forked global RNG seeded with
-    `mix_seed(seed, "ddpm.init")`, so building never disturbs the caller's RNG and the same
-    seed gives the same weights.
+    `mix_seed(seed, INIT_STREAM)`, so building never disturbs the caller's RNG and the same
+    seed gives the same weights: those the `init` control re-draws
+    (pipeline.backbones.base.draw_initial_weights).
     """
     n = len(mt.channels)
     kwargs = {
@@ -163,7 +165,7 @@ def build_unet(mt: ModelTrainParams, seed: int | None = None) -> UNet2DModel:
     if seed is None:
         return UNet2DModel(**kwargs)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(mix_seed(seed, "ddpm.init"))
+        torch.manual_seed(mix_seed(seed, INIT_STREAM))
         return UNet2DModel(**kwargs)
 
 

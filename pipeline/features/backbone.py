@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.backbones.base import Backbone
+from pipeline.backbones.base import Backbone, draw_initial_weights
 from pipeline.backbones.load import load_backbone
 from pipeline.config import Params
 from pipeline.devices import resolve_device, resolve_dtype
@@ -22,6 +22,9 @@ def load_for_params(
     cache_dir: str | Path | None = None,
 ) -> Backbone:
     """The backbone `params` describe, on `extract.device` / `extract.dtype` unless overridden.
+
+    For the `init` control its denoiser is re-drawn at initialisation from `params.init_seed`
+    (`draw_initial_weights`); the `input` control needs the model only for its scheduler and encoder.
 
     Checks that the loaded weights have exactly the layers and timesteps the config was
     validated against (an embedded model trained with other `model_train.channels` would not).
@@ -47,4 +50,6 @@ def load_for_params(
             f"the scheduler in {backbone.weights.path} has {backbone.num_train_timesteps} training "
             f"timesteps, params expect {params.num_train_timesteps}"
         )
+    if params.control == "init":
+        draw_initial_weights(backbone.denoiser, params.init_seed)
     return backbone

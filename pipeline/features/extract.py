@@ -2,9 +2,13 @@
 
 Reads `features/<dataset>/<model>/latents.zarr` (never the images or the VAE again), runs the
 denoiser only as far as `layer` (early exit), and writes
-`features/<dataset>/<model>/<layer>/t<t>.zarr`: `pooled` (N, C) float32 spatial means and,
+`features/<dataset>/<model>/<control>/<layer>/t<t>.zarr`: `pooled` (N, C) float32 spatial means and,
 unless `extract.fmap: false`, `fmap` (N, C, h, w) float16. Sample i of this store is sample i
 of the latents store, so labels, manifest rows and views line up.
+
+One store per row of the study (`params.control`): the trained model's taps, the same taps of
+the denoiser at initialisation, or the model's input x_t itself (pseudo-layer `input`: the
+denoiser is not run; same noise as every other row at this t).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ def features_provenance(params: Params, latents: dict[str, Any], backbone: Backb
         **{k: v for k, v in latents.items() if k != "kind"},
         "kind": "features",
         "latents_provenance_hash": provenance_hash(latents),
-        "layer": params.layer,
+        "control": params.control,
+        "layer": params.key.layer,
         "t": params.t,
         "prompt": prompt,
         "prompt_text": text,
@@ -57,6 +62,7 @@ def features_provenance(params: Params, latents: dict[str, Any], backbone: Backb
         "extract_dtype": str(backbone.dtype).removeprefix("torch."),
         "fmap": params.extract.fmap,
         "batch_invariant": params.extract.batch_invariant,
+        **({"init_seed": params.init_seed} if params.control == "init" else {}),
     }
 
 
@@ -108,6 +114,8 @@ def run_extract(
         choices = None
         cond = run_conditioning(backbone, params.prompt, params.domain, params.extract.generic_prompt)
 
+    layer = params.key.layer  # the pseudo-layer `input` for the input control
+
     def taps_for(split: str, start: int, stop: int, index: list[int], view: list[int]) -> torch.Tensor:
         x0 = torch.from_numpy(latents.read(split, "latents", start, stop))
         outs = []
@@ -121,14 +129,14 @@ def run_extract(
                 x0[b : b + bs],
                 params.t,
                 rows,
-                [params.layer],
+                [layer],
                 seed=params.extract.seed,
                 indices=index[b : b + bs],
                 views=view[b : b + bs],
                 ensemble=params.extract.ensemble,
                 batch_invariant=params.extract.batch_invariant,
             )
-            outs.append(out[params.layer].cpu())
+            outs.append(out[layer].cpu())
         return torch.cat(outs)
 
     # Probe one sample for the tap's shape (cheap: early exit at the layer).
@@ -163,5 +171,5 @@ def run_extract(
             out["clip_class"] = np.asarray(choices["predicted"][split][start:stop], np.int64)
         return out
 
-    desc = f"extract {params.layer} t={params.t}"
+    desc = f"extract {params.control} {layer} t={params.t}"
     return fill_and_publish(store, final, samples, compute, rank=rank, world=world, barrier=barrier, desc=desc)

@@ -28,7 +28,7 @@ def store_key(path: Path, features_root: Path) -> str:
 
 
 def resolve_key(key: str, features_root: Path) -> Path:
-    """`fashion_mnist/fmnist-ddpm/bottleneck/t25` (or a path to the .zarr) → the store path."""
+    """`fashion_mnist/fmnist-ddpm/trained/bottleneck/t25` (or a path to the .zarr) → the store path."""
     candidates = [Path(key), features_root / key, features_root / f"{key}.zarr"]
     for c in candidates:
         if (c / "zarr.json").exists():

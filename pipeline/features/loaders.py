@@ -6,7 +6,9 @@
   where the store allows, see `FeatureStore.shard_view`), in a seeded per-epoch shuffled
   order with a background thread reading ahead, and shuffles samples inside a buffer of
   several shards. `in_memory=True` (default: when the split takes under a quarter of the free
-  RAM) reads the split once and shuffles exactly instead.
+  RAM) reads the split once and shuffles exactly instead. `rows` restricts a loader to some
+  samples of the split (in memory), e.g. the two sides of `carve_validation`.
+- `carve_validation`: a seeded, stratified validation split carved from train (never test).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class FmapLoader:
         buffer_shards: int = 4,
         in_memory: bool | None = None,
         drop_last: bool = False,
+        rows: np.ndarray | None = None,
     ) -> None:
         self.store = store
         self.split = split
@@ -110,18 +113,29 @@ class FmapLoader:
         self.buffer_shards = max(1, buffer_shards)
         self.drop_last = drop_last
         self.epoch = 0
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         n = store.num_samples(split)
         fmap = store.array(split, "fmap")
         nbytes = n * int(np.prod(fmap.shape[1:])) * fmap.dtype.itemsize
-        # Hold the split in memory when it takes under a quarter of the free RAM.
+        # Hold the split in memory when it takes under a quarter of the free RAM; a subset of
+        # rows always (it is gathered once, not per shard).
         self.in_memory = in_memory if in_memory is not None else nbytes < _mem_available_bytes() // 4
+        if self.rows is not None:
+            if not self.in_memory:
+                raise ValueError("FmapLoader: a subset of rows is only supported in memory")
+            if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= n):
+                raise ValueError(f"FmapLoader: rows outside [0, {n}) of {store.path} {split}")
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
         self._views: dict[int, np.ndarray] = {}
         # Labels are tiny: read once, not once per shard and epoch.
         self._labels = store.read(split, "label")
 
+    @property
+    def num_samples(self) -> int:
+        return self.store.num_samples(self.split) if self.rows is None else len(self.rows)
+
     def __len__(self) -> int:
-        n = self.store.num_samples(self.split)
+        n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -154,7 +168,8 @@ class FmapLoader:
         self.epoch += 1
         if self.in_memory:
             if self._cache is None:
-                self._cache = (self.store.read(self.split, "fmap"), self.store.read(self.split, "label"))
+                x, y = self.store.read(self.split, "fmap"), self._labels
+                self._cache = (x, y) if self.rows is None else (x[self.rows], y[self.rows])
             x, y = self._cache
             # In memory, an epoch's order is the training toolkit's (seed, epoch) permutation.
             n = len(y)
@@ -211,3 +226,20 @@ class FmapLoader:
         dtype = buf_y[0].dtype
         buf_x[:] = [np.stack([buf_x[source[i]][local[i]] for i in rest])] if len(rest) else []
         buf_y[:] = [np.array([buf_y[source[i]][local[i]] for i in rest], dtype)] if len(rest) else []
+
+
+def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows) of a train split: `fraction` of each class, seeded.
+
+    Stratified so that the validation split has train's class balance; both sides sorted.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(mix_seed(seed, "validation-split"))
+    held = []
+    for cls in np.unique(labels):
+        rows = np.flatnonzero(labels == cls)
+        held.append(rng.choice(rows, size=int(round(fraction * len(rows))), replace=False))
+    val = np.sort(np.concatenate(held))
+    fit = np.setdiff1d(np.arange(len(labels)), val)
+    return fit, val

@@ -1,16 +1,21 @@
 """The paper's tables from whatever experiments were run (`revelio compare`).
 
-A *record* is one run: its key (dataset, model, layer, t, prompt) and its metrics from
-`reports/metrics.json`. Records come from DVC experiments (`dvc.api.exp_show`: the
-workspace, its baseline commit and every experiment) or from result folders (each holding
-params.yaml and reports/metrics.json). Runs are grouped by what varies:
-- by layer (paper Table 2a / Fig. 4): same dataset, model, t, prompt;
-- by timestep (Table 2b / Fig. 6): same dataset, model, layer, prompt;
-- by model (Tables 2c, 3): same dataset, layer, t, prompt;
-- by prompt (Tables 6-9): same dataset, model, layer, t;
-and each group with two or more runs becomes a table: Diff-C top-1, σ_label and the
-order-free purity scores, with the paper's value alongside when the paper ran that exact
-configuration (pipeline.report.paper_values).
+A *record* is one row of one run: its key (dataset, model, control, layer, t, prompt) and
+its metrics from `reports/metrics.json`, which holds a block per row of the study
+(pipeline.paths.CONTROLS: the trained model, the same architecture at initialisation, the
+model's input). Records come from DVC experiments (`dvc.api.exp_show`: the workspace, its
+baseline commit and every experiment) or from result folders (each holding params.yaml and
+reports/metrics.json). Records are grouped by what varies:
+- by control (what diffusion training adds): same dataset, model, layer, t, prompt;
+- by layer (paper Table 2a / Fig. 4): same dataset, model, control, t, prompt;
+- by timestep (Table 2b / Fig. 6): same dataset, model, control, layer, prompt;
+- by model (Tables 2c, 3): same dataset, control, layer, t, prompt;
+- by prompt (Tables 6-9): same dataset, model, control, layer, t;
+and each group with two or more records becomes a table: Diff-C top-1 (mean ± std over
+seeds), the linear probe, σ_label and the order-free purity scores, with the paper's value
+alongside when the paper ran that exact configuration (pipeline.report.paper_values). The
+input row's layer is the pseudo-layer `input`: it joins the control tables of every layer at
+its t.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from typing import Any
 
 import yaml
 
+from pipeline.paths import CONTROLS, INPUT_LAYER
 from pipeline.report.paper_values import paper_value
 
-KEY = ("dataset", "model", "layer", "t", "prompt")
-# column name → path in reports/metrics.json
+KEY = ("dataset", "model", "control", "layer", "t", "prompt")
+# column name → path in a row's block of reports/metrics.json
 METRICS = {
     "diffc_top1": ("diffc", "top1_pct"),
+    "diffc_top1_std": ("diffc", "top1_std"),
+    "probe_top1": ("probe", "top1_pct"),
     "diffc_top5": ("diffc", "top5_pct"),
     "clip_top1": ("clip", "top1_pct"),
     "sigma_label": ("sae", "sigma_label"),
@@ -41,6 +49,7 @@ METRICS = {
     "sae_fvu": ("sae", "fvu"),
 }
 GROUPINGS = {
+    "control": "Trained model against its controls (what diffusion training adds)",
     "layer": "Accuracy and σ_label by layer (paper Table 2a, Fig. 4)",
     "t": "Accuracy and σ_label by timestep (paper Table 2b, Fig. 6)",
     "model": "Accuracy and σ_label by model (paper Tables 2c, 3)",
@@ -122,10 +131,22 @@ def _dig(data: dict[str, Any], path: Sequence[str]) -> float | None:
     return float(data) if isinstance(data, (int, float)) else None
 
 
-def record_from_files(params: dict[str, Any], metrics: dict[str, Any], source: str = "") -> Record:
-    key = {k: params.get(k, "empty" if k == "prompt" else None) for k in KEY}
-    metrics_row = {name: _dig(metrics, path) for name, path in METRICS.items()}
-    return Record(key, metrics_row, source, _config(_flatten(params)))
+def records_from_files(params: dict[str, Any], metrics: dict[str, Any], source: str = "") -> list[Record]:
+    """One record per row of the study found in `metrics`."""
+    out = []
+    config = _config(_flatten(params))
+    for control in CONTROLS:
+        if not isinstance(metrics.get(control), dict):
+            continue
+        key = {k: params.get(k, "empty" if k == "prompt" else None) for k in KEY if k != "control"}
+        key = {**key, **_row_key(control, key["layer"])}
+        metrics_row = {name: _dig(metrics[control], path) for name, path in METRICS.items()}
+        out.append(Record(key, metrics_row, source, config))
+    return out
+
+
+def _row_key(control: str, layer: str) -> dict[str, str]:
+    return {"control": control, "layer": INPUT_LAYER if control == INPUT_LAYER else layer}
 
 
 def records_from_folders(folders: Iterable[Path]) -> list[Record]:
@@ -136,7 +157,7 @@ def records_from_folders(folders: Iterable[Path]) -> list[Record]:
         metrics_file = folder / "reports" / "metrics.json"
         if not metrics_file.is_file():
             raise FileNotFoundError(f"{metrics_file} not found: run `dvc repro` in {folder} first")
-        out.append(record_from_files(params, json.loads(metrics_file.read_text()), str(folder)))
+        out += records_from_files(params, json.loads(metrics_file.read_text()), str(folder))
     return out
 
 
@@ -151,18 +172,20 @@ def records_from_exp_show(rows: Iterable[dict[str, Any]]) -> list[Record]:
             continue
         if str(row.get("State") or "").lower() in ("running", "queued", "failed"):
             continue
-        key = {k: row.get(k, "empty") if k == "prompt" else row[k] for k in KEY}
-        key["t"] = int(key["t"])
-        metrics = {}
-        for name, path in METRICS.items():
-            value = row.get(".".join(path))
-            metrics[name] = float(value) if isinstance(value, (int, float)) else None
-        if metrics["diffc_top1"] is None and metrics["sigma_label"] is None:
-            continue  # not evaluated (e.g. a failed or queued experiment)
+        base = {k: row.get(k, "empty") if k == "prompt" else row[k] for k in KEY if k != "control"}
+        base["t"] = int(base["t"])
         name = row.get("Experiment") or row.get("rev") or ""
         # exp_show gives numbers as floats (t: 25.0): normalise integral values.
         flat = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in row.items()}
-        out.append(Record(key, metrics, str(name), _config(flat)))
+        for control in CONTROLS:
+            metrics = {}
+            for metric, path in METRICS.items():
+                value = row.get(".".join((control, *path)))
+                metrics[metric] = float(value) if isinstance(value, (int, float)) else None
+            if metrics["diffc_top1"] is None and metrics["sigma_label"] is None:
+                continue  # not evaluated (e.g. a failed or queued experiment)
+            key = {**base, **_row_key(control, base["layer"])}
+            out.append(Record(key, metrics, str(name), _config(flat)))
     return out
 
 
@@ -185,6 +208,8 @@ def _most_common(records: list[Record]) -> dict[str, str]:
 
 
 def _sort_value(varying: str, value: Any) -> Any:
+    if varying == "control":
+        return CONTROLS.index(value) if value in CONTROLS else len(CONTROLS)
     if varying == "layer":  # bottleneck, up_ft0.., block0..: by name, with numbers numerically
         head = value.rstrip("0123456789")
         tail = value[len(head) :]
@@ -199,25 +224,30 @@ def tables(records: Iterable[Record]) -> list[Table]:
         fixed_keys = [k for k in KEY if k != varying]
         groups: dict[tuple, list[Record]] = {}
         for r in records:
+            if varying == "control" and r.key["control"] == INPUT_LAYER:
+                continue  # joins every layer's group at its t, below
             groups.setdefault((tuple(r.key[k] for k in fixed_keys), r.config), []).append(r)
+        if varying == "control":
+            _add_input_rows(groups, fixed_keys, records)
         common = _most_common(records)
         for (fixed, config), members in groups.items():
             if len(members) < 2:
                 continue
             members.sort(key=lambda r: _sort_value(varying, r.key[varying]))
-            columns = [varying, "Diff-C top-1 %", "paper top-1 %", "σ_label", "paper σ_label", "majority", "entropy (bits)",
-                       "σ_label (TopK codes)", "k-SAE test FVU"]
+            columns = [varying, "Diff-C top-1 %", "± std", "probe top-1 %", "paper top-1 %", "σ_label",
+                       "paper σ_label", "majority", "entropy (bits)", "σ_label (TopK codes)", "k-SAE test FVU"]
             table = Table(title, dict(zip(fixed_keys, fixed)), varying, columns)
             # Name what sets this group apart from most runs.
             table.differs = [f"{n}={json.loads(v)}" for n, v in config if common.get(n, v) != v]
             for r in members:
-                k = r.key
                 table.rows.append([
-                    k[varying],
+                    r.key[varying],
                     r.metrics["diffc_top1"],
-                    paper_value(k["dataset"], k["model"], k["layer"], k["t"], k["prompt"], "diffc_top1"),
+                    r.metrics["diffc_top1_std"],
+                    r.metrics["probe_top1"],
+                    _paper(r, "diffc_top1"),
                     r.metrics["sigma_label"],
-                    paper_value(k["dataset"], k["model"], k["layer"], k["t"], k["prompt"], "sigma_label"),
+                    _paper(r, "sigma_label"),
                     r.metrics["majority"],
                     r.metrics["entropy"],
                     r.metrics["sigma_label_code"],
@@ -225,6 +255,26 @@ def tables(records: Iterable[Record]) -> list[Table]:
                 ])
             out.append(table)
     return out
+
+
+def _add_input_rows(groups: dict[tuple, list[Record]], fixed_keys: list[str], records: list[Record]) -> None:
+    """Put each input row into the control group of every layer at its (dataset, model, t, prompt)."""
+    layer_at = fixed_keys.index("layer")
+    for r in records:
+        if r.key["control"] != INPUT_LAYER:
+            continue
+        for (fixed, config), members in groups.items():
+            same = all(fixed[i] == r.key[k] for i, k in enumerate(fixed_keys) if i != layer_at)
+            if same and config == r.config:
+                members.append(r)
+
+
+def _paper(r: Record, metric: str) -> float | None:
+    """The paper's value for this record (the paper reports trained models only)."""
+    if r.key["control"] != "trained":
+        return None
+    k = r.key
+    return paper_value(k["dataset"], k["model"], k["layer"], k["t"], k["prompt"], metric)
 
 
 def _fmt(value: Any) -> str:

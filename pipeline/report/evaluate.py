@@ -1,15 +1,19 @@
-"""The `evaluate` stage: the current key's numbers in one DVC metrics file,
-`reports/metrics.json`, so that `dvc metrics show` / `dvc exp show` list them as columns:
+"""The `evaluate` stage: the study's numbers in one DVC metrics file, `reports/metrics.json`,
+so that `dvc metrics show` / `dvc exp show` list them as columns. One block per row of the
+study (pipeline.paths.CONTROLS: `trained`, `init`, `input`), each with:
 
-- `diffc.top1_pct`, `diffc.top5_pct`: Diff-C test accuracy (%);
+- `diffc.top1_pct`, `diffc.top1_std`, `diffc.top5_pct`, `diffc.top5_std`, `diffc.seeds`:
+  Diff-C test accuracy (%), mean and std (ddof 1) over `diffc.seeds`;
+- `probe.top1_pct`: the linear probe's test top-1 (%) (pipeline.report.probe), `probe.dim`;
 - `clip.top1_pct`: CLIP zero-shot test top-1 (%), when `prompt: from_clip`;
 - `sae.sigma_label`, `sae.majority`, `sae.entropy`, `sae.latents` (N used), `sae.ranked`:
   pipeline.report.metrics on the dense pre-TopK activations (the paper's σ_label@`eval.top_latents`);
   `sae.code.*` the same on the TopK codes;
 - `sae.fvu`, `sae.l0`, `sae.dead_pct`: the k-SAE on test; `sae.train_fvu`, `sae.train_dead_pct`;
-- `model.heldout_eps_mse.t<T>.{trained,init}`: for a backbone the `model` stage trained (the
-  embedded one), its held-out ε-prediction MSE at each evaluated timestep, and that of the
-  same architecture at initialisation (the check that training did something).
+
+and `model.heldout_eps_mse.t<T>.{trained,init}`: for a backbone the `model` stage trained (the
+embedded one), its held-out ε-prediction MSE at each evaluated timestep, and that of the
+same architecture at initialisation (the check that training did something).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from safetensors.numpy import load_file
 from pipeline.config import Params
 from pipeline.features.store import open_store
 from pipeline.files import atomic_write
-from pipeline.paths import backbone_dir, metrics_path
+from pipeline.paths import CONTROLS, backbone_dir, metrics_path
 from pipeline.report.metrics import purity_of_stats
+from pipeline.report.probe import linear_probe
 from pipeline.sae.scan import LatentStats
 
 
@@ -35,10 +40,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def collect_metrics(params: Params, root: Path = Path(".")) -> dict[str, Any]:
-    key = params.key
-    ev = params.eval
+    """Every row's measures (and the embedded model's held-out losses), as metrics.json holds them."""
     out: dict[str, Any] = {}
-
     summary = backbone_dir(params.model, root) / "train_summary.json"
     if summary.is_file():
         heldout = json.loads(summary.read_text())["heldout_eps_mse"]
@@ -48,11 +51,29 @@ def collect_metrics(params: Params, root: Path = Path(".")) -> dict[str, Any]:
                 for t in heldout["timesteps"]
             }
         }
+    for control in CONTROLS:
+        out[control] = row_metrics(params.for_control(control), root)
+    return out
+
+
+def row_metrics(params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    """One row's measures: Diff-C over seeds, the linear probe, σ_label and purity."""
+    key = params.key
+    ev = params.eval
+    out: dict[str, Any] = {}
 
     diffc = _read_json(key.diffc_dir(root) / "metrics.json")
-    out["diffc"] = {"top1_pct": 100 * diffc["test_top1"], "top5_pct": 100 * diffc["test_top5"]}
+    out["diffc"] = {
+        "top1_pct": 100 * diffc["top1_mean"],
+        "top1_std": 100 * diffc["top1_std"],
+        "top5_pct": 100 * diffc["top5_mean"],
+        "top5_std": 100 * diffc["top5_std"],
+        "seeds": len(diffc["seeds"]),
+    }
 
     store = open_store(key.features_store(root))
+    probe = linear_probe(store, key.layer, ev.probe_c, ev.probe_max_iter)
+    out["probe"] = {"top1_pct": 100 * probe.top1, "dim": probe.dim}
     clip = store.provenance.get("clip_top1")
     if clip and clip.get("test") is not None:
         out["clip"] = {"top1_pct": 100 * clip["test"]}

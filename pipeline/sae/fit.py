@@ -1,14 +1,14 @@
 """The `fit_sae` stage: train a k-SAE on `train/pooled` of the current key's feature store,
 then scan train and test once with it.
 
-Writes `models/sae/<dataset>/<model>/<layer>/t<t>/`:
+Writes `models/sae/<dataset>/<model>/<control>/<layer>/t<t>/`:
 - `sae.safetensors`, `config.json` — the model (pipeline.sae.model.load_sae reads both);
 - `codes.safetensors` — per latent, the top `sae.top_images` train images with their values
   and the sums/counts of its activations, dense pre-TopK (σ_label's input) and TopK codes
   (pipeline.sae.scan), over each train image once (view 0); plus the train split's manifest
   rows and labels the positions refer to, and the fire counts;
 - `metrics.json` — FVU, L0, dead and never-fired latents on train and test;
-and the training curve `reports/sae/<dataset>/<model>/<layer>/t<t>.csv` (a DVC plot).
+and the training curve `reports/sae/<dataset>/<model>/<control>/<layer>/t<t>.csv` (a DVC plot).
 How long it took goes to `reports/timings.json` (pipeline.timings), not into the outputs.
 """
 
@@ -113,7 +113,8 @@ def run_fit_sae(params: Params, root: Path = Path("."), *, progress: bool = True
             extra={
                 "dataset": params.dataset,
                 "model": params.model,
-                "layer": params.layer,
+                "control": params.key.control,
+                "layer": params.key.layer,
                 "t": params.t,
                 "features": str(store_path.relative_to(root)) if store_path.is_relative_to(root) else str(store_path),
                 "features_provenance_hash": provenance_hash(store.provenance),

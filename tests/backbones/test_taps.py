@@ -327,3 +327,47 @@ def test_bf16_taps_match_fp32(name: str, tiny_dirs: dict) -> None:
         assert err < 0.05, f"{name} {layer}: bf16 taps off by {err:.3g} (relative L2)"
         cos = torch.nn.functional.cosine_similarity(have.mean((2, 3)), want.mean((2, 3)), dim=1)
         assert cos.min() >= 0.998, f"{name} {layer}: pooled cosine {cos.min():.4f}"
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-dit"])
+def test_input_pseudo_layer_is_the_denoisers_input_and_runs_nothing(
+    name: str, tiny_backbones: dict, images: torch.Tensor
+) -> None:
+    """The `input` control's tap: x_t exactly as the denoiser sees it, without running it."""
+    bb = tiny_backbones[name]
+    x0, noise = _inputs(bb, images[:3], [0, 1, 2])
+    calls: list[int] = []
+    handle = bb.denoiser.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        got = bb.taps(x0, T_STEP, bb.null_conditioning(), ["input"], noise)
+    finally:
+        handle.remove()
+    assert list(got) == ["input"] and calls == []
+    assert torch.equal(got["input"], bb.model_input(x0, T_STEP, noise if bb.uses_noise else None))
+    # With real layers too: the input comes first, the layers are unchanged.
+    layer = bb.layer_names()[0]
+    both = bb.taps(x0, T_STEP, bb.null_conditioning(), [layer, "input"], noise)
+    assert list(both) == ["input", layer] and torch.equal(both["input"], got["input"])
+    assert torch.equal(both[layer], bb.taps(x0, T_STEP, bb.null_conditioning(), [layer], noise)[layer])
+
+
+def test_initial_weights_are_the_embedded_trainers_starting_point() -> None:
+    """`draw_initial_weights(unet, seed)` re-draws exactly the weights `build_unet(seed)` starts
+    training from, in place, and leaves the caller's RNG alone."""
+    from pipeline.backbones.base import draw_initial_weights
+    from pipeline.config import ModelTrainParams
+    from pipeline.embedded.train import build_unet
+
+    mt = ModelTrainParams(channels=[8, 16], norm_groups=4, image_size=16)
+    start = build_unet(mt, seed=3).state_dict()
+    unet = build_unet(mt, seed=11)  # other weights, same architecture (a "trained" model)
+    module = unet.mid_block
+    torch.manual_seed(5)
+    rng = torch.random.get_rng_state()
+    draw_initial_weights(unet, 3)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert unet.mid_block is module  # in place: hooks on the layers stay valid
+    for name, value in unet.state_dict().items():
+        assert torch.equal(value, start[name]), name
+    draw_initial_weights(unet, 4)
+    assert not torch.equal(unet.conv_in.weight, start["conv_in.weight"])

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from pipeline.config import parse_params
-from pipeline.diffc.fit import run_fit_diffc
+from pipeline.diffc.fit import run_fit_diffc, seed_curve, seed_dir
 from pipeline.diffc.model import load_diffc
 from pipeline.errors import StoreError
 from pipeline.paths import checkpoint_dir, classes_path
@@ -30,7 +30,7 @@ CLASSES = ["shirt", "trouser", "bag", "boot"]
 
 def _raw(raw: dict, **diffc) -> dict:
     raw["diffc"].update({"width": 32, "dropout": 0.1, "batch_size": 16, "epochs": 3, "lr": 3e-3, "lr_min": 3e-4,
-                         "device": "cpu", "dtype": "fp32", **diffc})
+                         "device": "cpu", "dtype": "fp32", "seeds": [0], **diffc})
     return raw
 
 
@@ -56,7 +56,7 @@ def _separable_store(root: Path, params, n_train: int = 160, n_test: int = 40, c
 
 @pytest.fixture
 def fitted(tmp_path, default_params_raw):
-    params = parse_params(_raw(default_params_raw))
+    params = parse_params(_raw(default_params_raw, seeds=[0, 1]))
     _separable_store(tmp_path, params)
     return tmp_path, params, run_fit_diffc(params, tmp_path, progress=False)
 
@@ -64,14 +64,22 @@ def fitted(tmp_path, default_params_raw):
 def test_outputs_and_accuracy(fitted):
     root, params, metrics = fitted
     out = params.key.diffc_dir(root)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
-    assert metrics["test_top1"] >= 0.9 and metrics["test_top5"] == 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "seed0", "seed1"]
+    assert metrics["seeds"] == [0, 1] and len(metrics["test_top1"]) == 2
+    assert metrics["top1_mean"] == pytest.approx(np.mean(metrics["test_top1"])) and metrics["top1_mean"] >= 0.9
+    assert metrics["top1_std"] == pytest.approx(np.std(metrics["test_top1"], ddof=1))
+    assert metrics["top5_mean"] == 1.0
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    model, cfg, extra = load_diffc(out)
-    assert cfg.in_channels == 8 and cfg.num_classes == 4 and extra["classes"] == CLASSES
-    assert extra["layer"] == params.layer and extra["t"] == params.t
-    rows = list(csv.DictReader(params.key.diffc_curve(root).open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    models = []
+    for seed in (0, 1):
+        model, cfg, extra = load_diffc(seed_dir(out, seed))
+        assert cfg.in_channels == 8 and cfg.num_classes == 4 and extra["classes"] == CLASSES
+        assert extra["layer"] == params.key.layer and extra["t"] == params.t and extra["control"] == "trained"
+        assert extra["seed"] == seed and extra["metrics"]["test_top1"] == metrics["test_top1"][seed]
+        rows = list(csv.DictReader(seed_curve(params.key.diffc_curves(root), seed).open()))
+        assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+        models.append(model.fc.weight)
+    assert not torch.equal(*models)  # the seeds are different runs
     assert not checkpoint_dir(out).exists()
 
 
@@ -101,7 +109,7 @@ def test_killed_stage_resumes_to_identical_model(tmp_path, default_params_raw):
     subprocess.run([sys.executable, "-m", "stages.fit_diffc"], cwd=ref, env=_env(), check=True, capture_output=True)
 
     out = params.key.diffc_dir(run)
-    state = checkpoint_dir(out) / "state.pt"
+    state = checkpoint_dir(out) / "seed0" / "state.pt"
     proc = subprocess.Popen([sys.executable, "-m", "stages.fit_diffc"], cwd=run, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -117,9 +125,9 @@ def test_killed_stage_resumes_to_identical_model(tmp_path, default_params_raw):
     assert 1 <= done < 6
 
     subprocess.run([sys.executable, "-m", "stages.fit_diffc"], cwd=run, env=_env(), check=True, capture_output=True)
-    a = load_diffc(params.key.diffc_dir(ref))[0].state_dict()
-    b = load_diffc(out)[0].state_dict()
+    a = load_diffc(seed_dir(params.key.diffc_dir(ref), 0))[0].state_dict()
+    b = load_diffc(seed_dir(out, 0))[0].state_dict()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    curve = lambda root: params.key.diffc_curve(root).read_text()
+    curve = lambda root: seed_curve(params.key.diffc_curves(root), 0).read_text()
     assert curve(ref) == curve(run)

@@ -72,22 +72,25 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
 
 def _hp(**kw) -> DiffcParams:
     base = {"width": 32, "dropout": 0.1, "lr": 3e-3, "lr_min": 3e-4, "weight_decay": 0.01, "batch_size": 16}
-    return DiffcParams(**{**base, "epochs": 4, "seed": 0, **kw})
+    return DiffcParams(**{**base, "epochs": 4, **kw})
 
 
-def _loaders(store: FeatureStore, hp: DiffcParams, in_memory: bool = True) -> tuple[FmapLoader, FmapLoader]:
-    train = FmapLoader(store, "train", hp.batch_size, seed=hp.seed, in_memory=in_memory)
+def _loaders(
+    store: FeatureStore, hp: DiffcParams, in_memory: bool = True, seed: int = 0
+) -> tuple[FmapLoader, FmapLoader]:
+    train = FmapLoader(store, "train", hp.batch_size, seed=seed, in_memory=in_memory)
     test = FmapLoader(store, "test", 64, shuffle=False, in_memory=in_memory)
     return train, test
 
 
-def _fit(store: FeatureStore, hp: DiffcParams, ckpt: Path, fingerprint: str = "fp", **kw):
-    train, test = _loaders(store, hp, kw.pop("in_memory", True))
+def _fit(store: FeatureStore, hp: DiffcParams, ckpt: Path, fingerprint: str = "fp", seed: int = 0, **kw):
+    train, test = _loaders(store, hp, kw.pop("in_memory", True), seed)
     return train_diffc(
         train,
         test,
         CLASSES,
         hp,
+        seed=seed,
         device="cpu",
         amp_dtype=kw.pop("amp_dtype", None),
         ckpt_dir=ckpt,
@@ -178,7 +181,7 @@ def test_unreadable_checkpoint_is_ignored(store: FeatureStore, tmp_path: Path, c
 def test_flip_and_seed_change_the_run(store: FeatureStore, tmp_path: Path) -> None:
     base = _fit(store, _hp(epochs=1), tmp_path / "a")
     no_flip = _fit(store, _hp(epochs=1, flip=False), tmp_path / "b")
-    other_seed = _fit(store, _hp(epochs=1, seed=1), tmp_path / "c")
+    other_seed = _fit(store, _hp(epochs=1), tmp_path / "c", seed=1)
     w = base.model.fc.weight
     assert not torch.equal(w, no_flip.model.fc.weight)
     assert not torch.equal(w, other_seed.model.fc.weight)

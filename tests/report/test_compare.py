@@ -12,11 +12,13 @@ from pipeline.report.compare import records_from_exp_show, tables, to_csv, to_ma
 from pipeline.report.paper_values import paper_value
 
 
-def _row(layer: str, t: int, top1: float, sigma: float, dataset="oxford_pets", model="sd15", prompt="empty") -> dict:
+def _row(layer: str, t: int, top1: float, sigma: float, dataset="oxford_pets", model="sd15", prompt="empty",
+         control="trained") -> dict:
+    c = control + "."
     return {"Experiment": f"{layer}-{t}", "dataset": dataset, "model": model, "layer": layer, "t": t,
-            "prompt": prompt, "diffc.top1_pct": top1, "diffc.top5_pct": 99.0, "sae.sigma_label": sigma,
-            "sae.majority": 0.5, "sae.entropy": 1.0, "sae.code.sigma_label": sigma + 0.1, "sae.fvu": 0.05,
-            "sae.k": 32}
+            "prompt": prompt, c + "diffc.top1_pct": top1, c + "diffc.top1_std": 0.5, c + "diffc.top5_pct": 99.0,
+            c + "probe.top1_pct": top1 - 1, c + "sae.sigma_label": sigma, c + "sae.majority": 0.5,
+            c + "sae.entropy": 1.0, c + "sae.code.sigma_label": sigma + 0.1, c + "sae.fvu": 0.05, "sae.k": 32}
 
 
 def test_tables_by_layer_and_by_t_with_paper_values():
@@ -25,15 +27,36 @@ def test_tables_by_layer_and_by_t_with_paper_values():
             {"Experiment": "queued", "dataset": "oxford_pets", "model": "sd15", "layer": "up_ft0", "t": 25}]
     found = tables(records_from_exp_show(rows))
     assert [(t.varying, t.fixed) for t in found] == [
-        ("layer", {"dataset": "oxford_pets", "model": "sd15", "t": 25, "prompt": "empty"}),
-        ("t", {"dataset": "oxford_pets", "model": "sd15", "layer": "up_ft1", "prompt": "empty"}),
+        ("layer", {"dataset": "oxford_pets", "model": "sd15", "control": "trained", "t": 25, "prompt": "empty"}),
+        ("t", {"dataset": "oxford_pets", "model": "sd15", "control": "trained", "layer": "up_ft1", "prompt": "empty"}),
     ]
     by_layer = found[0]
     assert [r[0] for r in by_layer.rows] == ["bottleneck", "up_ft1"]  # bottleneck first, then up_ft*
-    assert by_layer.rows[1][1:5] == [80.0, 88.61, 8.0, 8.59]  # ours, paper top-1, ours, paper σ (Tables 7, 2a)
+    # ours ± std, the probe, paper top-1, ours σ, paper σ (Tables 7, 2a)
+    assert by_layer.rows[1][1:7] == [80.0, 0.5, 79.0, 88.61, 8.0, 8.59]
     md = to_markdown(by_layer)
-    assert "| up_ft1 | 80.00 | 88.61 | 8.000 | 8.590 |" in md
-    assert to_csv(by_layer).splitlines()[1].startswith("oxford_pets,sd15,25,empty,bottleneck,70.0,69.97,9.0,9.48")
+    assert "| up_ft1 | 80.00 | 0.500 | 79.00 | 88.61 | 8.000 | 8.590 |" in md
+    assert to_csv(by_layer).splitlines()[1].startswith(
+        "oxford_pets,sd15,trained,25,empty,bottleneck,70.0,0.5,69.0,69.97,9.0,9.48")
+
+
+def test_controls_share_a_table_with_the_trained_model():
+    """One run's three rows make one table; the input row (pseudo-layer `input`) joins every
+    layer's table at its t; the paper's values only beside the trained row."""
+    rows = []
+    for layer, top1 in (("up_ft1", 80.0), ("bottleneck", 70.0)):
+        run = {**_row(layer, 25, top1, 8.0), **_row(layer, 25, top1 - 20, 9.5, control="init")}
+        run.update(_row(layer, 25, 40.0, 10.0, control="input"))
+        rows.append(run)
+    found = [t for t in tables(records_from_exp_show(rows)) if t.varying == "control"]
+    assert [t.fixed["layer"] for t in found] == ["up_ft1", "bottleneck"]
+    for table, top1 in zip(found, (80.0, 70.0), strict=True):
+        assert [r[0] for r in table.rows] == ["trained", "init", "input"]
+        assert [r[1] for r in table.rows] == [top1, top1 - 20, 40.0]
+        assert table.rows[0][4] is not None and table.rows[1][4] is None and table.rows[2][4] is None
+    # The init rows of the two layers make a layer table of their own, never mixed with trained.
+    by_layer = [t for t in tables(records_from_exp_show(rows)) if t.varying == "layer"]
+    assert sorted(t.fixed["control"] for t in by_layer) == ["init", "trained"]
 
 
 def test_runs_with_other_params_are_not_mixed():
@@ -53,7 +76,7 @@ def test_runs_with_other_params_are_not_mixed():
 def test_unmatched_configs_have_no_paper_value():
     found = tables(records_from_exp_show([_row("up_ft0", 25, 80, 2, dataset="fashion_mnist", model="fmnist-ddpm"),
                                           _row("up_ft1", 25, 81, 2, dataset="fashion_mnist", model="fmnist-ddpm")]))
-    assert all(r[2] is None and r[4] is None for r in found[0].rows)
+    assert all(r[4] is None and r[6] is None for r in found[0].rows)
     assert "| – |" in to_markdown(found[0])
 
 
@@ -71,13 +94,13 @@ def test_cli_on_result_folders(tmp_path):
         f = tmp_path / layer
         (f / "reports").mkdir(parents=True)
         (f / "params.yaml").write_text(yaml.safe_dump({"dataset": "oxford_pets", "model": "sd15", "layer": layer, "t": 25}))
-        metrics = {"diffc": {"top1_pct": top1}, "sae": {"sigma_label": 9.0, "code": {"sigma_label": 9.5}}}
+        metrics = {"trained": {"diffc": {"top1_pct": top1}, "sae": {"sigma_label": 9.0, "code": {"sigma_label": 9.5}}}}
         (f / "reports" / "metrics.json").write_text(json.dumps(metrics))
         folders.append(str(f))
     out = tmp_path / "tables"
     result = CliRunner().invoke(app, ["compare", *folders, "--out", str(out), "--plot"])
     assert result.exit_code == 0, result.output
-    assert "by layer" in result.output and "| up_ft1 | 80.00 | 88.61 |" in result.output
+    assert "by layer" in result.output and "| up_ft1 | 80.00 | – | – | 88.61 |" in result.output
     assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".md", ".png"]
     assert next(out.glob("*.png")).stat().st_size > 5_000
 

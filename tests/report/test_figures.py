@@ -196,9 +196,12 @@ def test_pca_maps_two_layers(tmp_path):
 
 def test_plot_curves(tmp_path):
     def rec(layer, t, acc, sigma):
-        key = {"dataset": "fashion_mnist", "model": "fmnist-ddpm", "layer": layer, "t": t, "prompt": "empty"}
+        key = {"dataset": "fashion_mnist", "model": "fmnist-ddpm", "control": "trained", "layer": layer, "t": t,
+               "prompt": "empty"}
         metrics = {
             "diffc_top1": acc,
+            "diffc_top1_std": 0.5,
+            "probe_top1": acc - 1,
             "diffc_top5": None,
             "clip_top1": None,
             "sigma_label": sigma,
