@@ -92,10 +92,12 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
         f"{hp.batch_size}, seeds {hp.seeds}; {device}, {str(amp_dtype).removeprefix('torch.')}"
     )
     fits: list[DiffcFit] = []
+    # One loader for all seeds, reseeded per seed: an in-memory split is read once, not per seed.
+    train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=hp.seeds[0])
     for seed in hp.seeds:
         # Each seed has its own checkpoint, kept until all seeds are done: a rerun after an
         # interruption restores the finished seeds at once and resumes the current one.
-        train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=seed)
+        train.seed = seed
         fits.append(train_diffc(
             train, test, len(classes), hp, seed=seed, device=device, amp_dtype=amp_dtype,
             ckpt_dir=ckpt / f"seed{seed}",

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.paths import CONTROLS, INPUT_LAYER
+from pipeline.paths import CONTROLS, INPUT_LAYER, Key
 from pipeline.report.paper_values import paper_value
 
 KEY = ("dataset", "model", "control", "layer", "t", "prompt")
@@ -146,7 +146,8 @@ def records_from_files(params: dict[str, Any], metrics: dict[str, Any], source: 
 
 
 def _row_key(control: str, layer: str) -> dict[str, str]:
-    return {"control": control, "layer": INPUT_LAYER if control == INPUT_LAYER else layer}
+    # The row's layer as `Key` defines it (the input row's is the pseudo-layer `input`).
+    return {"control": control, "layer": Key("", "", layer, 0, control).layer}
 
 
 def records_from_folders(folders: Iterable[Path]) -> list[Record]:
