@@ -13,16 +13,28 @@ and the per-epoch curves `reports/diffc/<dataset>/<model>/<control>/<layer>/t<t>
 (a DVC plot per seed). An interrupted run resumes: finished seeds are kept, the current one
 resumes after its last finished epoch (checkpoints beside the output).
 How long it took goes to `reports/timings.json` (pipeline.timings), not into the outputs.
+
+On a CPU the seeds train at once, each in its own process with `seed_threads` threads
+(`torch.get_num_threads() // len(seeds)`, at least 1). A seed's result depends on that thread
+count only (oneDNN splits reductions per thread), never on which seeds share the machine or
+in which order they finish, so it is the same as training that seed alone with as many
+threads. Small Diff-Cs barely use a second thread (measured on 2 cores, `bench/diffc.py
+--seeds`): running the seeds side by side instead of one after another is what makes three
+seeds affordable. On a GPU they train one after another in this process.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.config import Params
 from pipeline.curves import write_curve
@@ -67,6 +79,68 @@ def summarise(seeds: list[int], fits: list[DiffcFit]) -> dict[str, Any]:
     }
 
 
+def seed_threads(device: torch.device, num_seeds: int) -> int | None:
+    """Threads each seed trains with: None = the process's own (GPU, or a single seed), else
+    an even share of the CPU threads, at least one, whatever the seeds' schedule."""
+    if device.type != "cpu" or num_seeds == 1:
+        return None
+    return max(1, torch.get_num_threads() // num_seeds)
+
+
+def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progress: bool,
+              position: int = 0, train: FmapLoader | None = None) -> DiffcFit:
+    """Train (or resume) the Diff-C of one seed; a worker process's whole job."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    hp, key = params.diffc, params.key
+    store = open_store(key.features_store(root))
+    classes = read_classes(params.dataset, root)
+    device = resolve_device(hp.device)
+    if train is None:
+        train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=seed)
+    train.seed = seed
+    test = FmapLoader(store, "test", max(hp.batch_size, 256), shuffle=False)
+    return train_diffc(
+        train, test, len(classes), hp, seed=seed, device=device, amp_dtype=resolve_dtype(hp.dtype, device),
+        # Each seed has its own checkpoint, kept until all seeds are done: a rerun after an
+        # interruption restores the finished seeds at once and resumes the others.
+        ckpt_dir=checkpoint_dir(key.diffc_dir(root)) / f"seed{seed}",
+        fingerprint=training_fingerprint(hp, seed=seed, store=provenance_hash(store.provenance), classes=classes),
+        progress=progress, progress_position=position,
+    )
+
+
+def _die_with_parent() -> None:
+    """Pool initializer (Linux): the kernel kills this worker when the stage process dies, even
+    by SIGKILL, so no orphan goes on training and writing checkpoints beside a rerun."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _fit_seeds(params: Params, root: Path, threads: int | None, progress: bool) -> list[DiffcFit]:
+    seeds = params.diffc.seeds
+    if threads is None:
+        # One loader for all seeds, reseeded per seed: an in-memory split is read once.
+        store = open_store(params.key.features_store(root))
+        train = FmapLoader(store, "train", params.diffc.batch_size, shuffle=True, seed=seeds[0])
+        return [_fit_seed(params, root, s, None, progress, train=train) for s in seeds]
+    # spawn, not fork: the parent has already started torch's thread pools. At most two
+    # processes per thread: more seeds than that queue (each keeps its own thread count).
+    workers = min(len(seeds), 2 * torch.get_num_threads())
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_die_with_parent) as pool:
+        jobs = [pool.apply_async(_fit_seed, (params, root, s, threads, progress, i)) for i, s in enumerate(seeds)]
+        try:
+            return [job.get() for job in jobs]
+        except BaseException:
+            # One seed failed (or Ctrl-C): stop the others now; every seed's checkpoint of
+            # its last finished epoch stays for the rerun.
+            pool.terminate()
+            raise
+
+
 def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) one Diff-C per seed, save them, return the metrics."""
     hp = params.diffc
@@ -81,29 +155,18 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     classes = read_classes(params.dataset, root)
     device = resolve_device(hp.device)
     amp_dtype = resolve_dtype(hp.dtype, device)
-    test = FmapLoader(store, "test", max(hp.batch_size, 256), shuffle=False)
     out_dir = key.diffc_dir(root)
     ckpt = checkpoint_dir(out_dir)
     store_hash = provenance_hash(store.provenance)
     shape = tuple(store.array("train", "fmap").shape[1:])
+    threads = seed_threads(device, len(hp.seeds))
+    schedule = "one after another" if threads is None else f"side by side, {threads} thread(s) each"
     print(
         f"Diff-C on {store_path}: {store.num_samples('train')} train / {store.num_samples('test')} test maps "
         f"of {'x'.join(map(str, shape))}, {len(classes)} classes, width {hp.width}, {hp.epochs} epochs at batch "
-        f"{hp.batch_size}, seeds {hp.seeds}; {device}, {str(amp_dtype).removeprefix('torch.')}"
+        f"{hp.batch_size}, seeds {hp.seeds} ({schedule}); {device}, {str(amp_dtype).removeprefix('torch.')}"
     )
-    fits: list[DiffcFit] = []
-    # One loader for all seeds, reseeded per seed: an in-memory split is read once, not per seed.
-    train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=hp.seeds[0])
-    for seed in hp.seeds:
-        # Each seed has its own checkpoint, kept until all seeds are done: a rerun after an
-        # interruption restores the finished seeds at once and resumes the current one.
-        train.seed = seed
-        fits.append(train_diffc(
-            train, test, len(classes), hp, seed=seed, device=device, amp_dtype=amp_dtype,
-            ckpt_dir=ckpt / f"seed{seed}",
-            fingerprint=training_fingerprint(hp, seed=seed, store=store_hash, classes=classes),
-            progress=progress,
-        ))
+    fits = _fit_seeds(params, root, threads, progress)
     metrics = summarise(hp.seeds, fits)
     extra = {
         "classes": classes,
@@ -131,7 +194,8 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     shutil.rmtree(ckpt, ignore_errors=True)
     train_seconds = sum(f.train_seconds for f in fits)
     samples = sum(f.samples_per_s * f.train_seconds for f in fits)
-    print(f"Diff-C trained {len(fits)} seeds for {train_seconds:.1f} s, {samples / max(train_seconds, 1e-9):.0f} samples/s")
+    print(f"Diff-C trained {len(fits)} seeds: {train_seconds:.1f} s of training in all, "
+          f"{samples / max(train_seconds, 1e-9):.0f} samples/s per seed")
     record_timing("fit_diffc", key, {
         "train_seconds": train_seconds,
         "train_samples_per_s": samples / train_seconds if train_seconds > 0 else 0.0,

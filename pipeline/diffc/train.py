@@ -268,6 +268,7 @@ def train_diffc(
     fingerprint: str,
     log: Callable[[dict[str, float]], Any] | None = None,
     progress: bool = True,
+    progress_position: int = 0,
 ) -> DiffcFit:
     """Train (or resume) Diff-C for `hp.epochs` epochs on `train`, evaluating on `test` after each.
 
@@ -277,7 +278,8 @@ def train_diffc(
     `fingerprint` names what the training depends on (`training_fingerprint`: params, store
     provenance, classes): a checkpoint in `ckpt_dir` is resumed only if it matches. `log(row)` is called with each new
     curve row after the epoch's checkpoint is written (an exception from it stops the run
-    there, resumable). Returns the trained model (eval mode) and its curve.
+    there, resumable). `progress_position`: the progress bar's line, for seeds trained side by
+    side. Returns the trained model (eval mode) and its curve.
     """
     device = torch.device(device)
     ckpt_dir = Path(ckpt_dir)
@@ -304,7 +306,9 @@ def train_diffc(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         while st.epoch < hp.epochs:
-            train_loss, lr = _train_epoch(st, train, hp, seed, device, amp_dtype, per_epoch, progress, ckpt_dir)
+            train_loss, lr = _train_epoch(
+                st, train, hp, seed, device, amp_dtype, per_epoch, progress, progress_position, ckpt_dir
+            )
             _check_weights(st.model, st.epoch + 1, hp, ckpt_dir)
             metrics = split_accuracy(st.model, test, device, amp_dtype)
             st.epoch += 1
@@ -350,6 +354,7 @@ def _train_epoch(
     amp_dtype: torch.dtype | None,
     per_epoch: int,
     progress: bool,
+    position: int,
     ckpt_dir: Path,
 ) -> tuple[float, float]:
     """One pass over `train`: (mean training loss, lr of the epoch's last step)."""
@@ -367,6 +372,7 @@ def _train_epoch(
         disable=not progress,
         dynamic_ncols=True,
         leave=False,
+        position=position,
     )
     start = time.perf_counter()
     step = 0

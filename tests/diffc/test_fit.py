@@ -1,5 +1,6 @@
 """The fit_diffc stage's work (pipeline.diffc.fit) on a small store where the classes are
-separable in the feature maps: outputs, accuracy, resume after SIGKILL, and classify."""
+separable in the feature maps: outputs, accuracy, seeds side by side, resume after SIGKILL,
+and classify."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import torch
 import yaml
 
 from pipeline.config import parse_params
-from pipeline.diffc.fit import run_fit_diffc, seed_curve, seed_dir
+from pipeline.diffc.fit import _fit_seed, run_fit_diffc, seed_curve, seed_dir, seed_threads
 from pipeline.diffc.model import load_diffc
-from pipeline.errors import StoreError
+from pipeline.errors import NonFiniteLoss, StoreError
 from pipeline.paths import checkpoint_dir, classes_path
 from tests.store_fixtures import write_feature_store
 
@@ -83,6 +84,30 @@ def test_outputs_and_accuracy(fitted):
     assert not checkpoint_dir(out).exists()
 
 
+def test_seeds_side_by_side_equal_each_seed_alone(fitted):
+    # The fixture's two seeds trained in two worker processes; seed 1 trained here alone, in
+    # this process, with the thread count the workers had, must give the very same weights.
+    root, params, _ = fitted
+    threads = seed_threads(torch.device("cpu"), 2)
+    assert threads == max(1, torch.get_num_threads() // 2)
+    before = torch.get_num_threads()
+    try:
+        alone = _fit_seed(params, root, 1, threads, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    saved = load_diffc(seed_dir(params.key.diffc_dir(root), 1))[0].state_dict()
+    for name, value in alone.model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_a_failing_seed_stops_the_fit_with_its_error(tmp_path, default_params_raw):
+    params = parse_params(_raw(default_params_raw, seeds=[0, 1], lr=1e30, lr_min=1e30))
+    _separable_store(tmp_path, params)
+    with pytest.raises(NonFiniteLoss, match="Diff-C"):
+        run_fit_diffc(params, tmp_path, progress=False)
+    assert not params.key.diffc_dir(tmp_path).exists()
+
+
 def test_missing_fmap_is_a_clear_error(tmp_path, default_params_raw):
     params = parse_params(_raw(default_params_raw))
     write_feature_store(
@@ -99,7 +124,8 @@ def _env() -> dict[str, str]:
 
 
 def test_killed_stage_resumes_to_identical_model(tmp_path, default_params_raw):
-    raw = _raw(default_params_raw, epochs=6, width=32)
+    # Two seeds: they train side by side in worker processes, which must die with the stage.
+    raw = _raw(default_params_raw, epochs=6, width=32, seeds=[0, 1])
     params = parse_params(raw)
     ref, run = tmp_path / "ref", tmp_path / "run"
     for root in (ref, run):
@@ -121,13 +147,20 @@ def test_killed_stage_resumes_to_identical_model(tmp_path, default_params_raw):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not out.exists()
+    # No orphan worker goes on training: the checkpoints stop changing with the stage.
+    snapshot = lambda: sorted((str(p), p.stat().st_mtime_ns) for p in checkpoint_dir(out).rglob("*"))
+    time.sleep(1.0)
+    first = snapshot()
+    time.sleep(2.0)
+    assert snapshot() == first
     done = torch.load(state, weights_only=True)["epoch"]
     assert 1 <= done < 6
 
     subprocess.run([sys.executable, "-m", "stages.fit_diffc"], cwd=run, env=_env(), check=True, capture_output=True)
-    a = load_diffc(seed_dir(params.key.diffc_dir(ref), 0))[0].state_dict()
-    b = load_diffc(seed_dir(out, 0))[0].state_dict()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    curve = lambda root: seed_curve(params.key.diffc_curves(root), 0).read_text()
-    assert curve(ref) == curve(run)
+    for seed in (0, 1):
+        a = load_diffc(seed_dir(params.key.diffc_dir(ref), seed))[0].state_dict()
+        b = load_diffc(seed_dir(out, seed))[0].state_dict()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (seed, name)
+        curve = lambda root: seed_curve(params.key.diffc_curves(root), seed).read_text()
+        assert curve(ref) == curve(run)
