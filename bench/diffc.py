@@ -1,7 +1,7 @@
 """Diff-C speed at the paper's shape: training step rate and per-sample inference latency.
 
     python -m bench.diffc [--device auto] [--steps N] [--warmup N] [--batch 16] [--degenerate]
-                          [--channels 1280] [--size 32] [--width 1024] [--classes 37]
+                          [--channels 1280] [--size 32] [--width 1024] [--classes 37] [--seeds N]
 
 (a) Training: samples/s of one full step of `pipeline.diffc.train.train_step` (forward,
     cross-entropy, backward, AdamW) on random maps shaped like SD-1.5 up_ft1 at 512 px
@@ -20,6 +20,10 @@
     ways of computing the convs on 1×1 inputs under bf16 autocast — the plain conv (oneDNN's
     bf16 kernel, faulty there), the plain conv in fp32, and the centre-tap matmul Diff-C uses
     — against fp32 throughout.
+(e) With `--seeds N` (CPU): the embedded default's Diff-C (width 64, batch 64, bf16) on its
+    128×4×4 bottleneck and 1×32×32 input maps, N seeds one after another with all threads
+    (the baseline) against side by side, one process each with threads // N threads (what
+    `fit_diffc` does on a CPU): seconds per step per seed and the throughput ratio.
 (c) With `--loader-samples N` (default on GPU): one epoch of that training step fed by the
     store loader from N paper-shaped maps on disk, and the fraction of it spent waiting for
     batches (device busy = the rest; target >= 90%).
@@ -255,6 +259,44 @@ def bench_loader(args: argparse.Namespace, device: torch.device, amp: torch.dtyp
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_START = None  # a worker's start barrier (side-by-side runs): set by the pool's initializer
+
+
+def _set_start(barrier) -> None:
+    global _START
+    _START = barrier
+
+
+def _seed_worker(shape: tuple[int, int, int], threads: int, warmup: int, steps: int) -> float:
+    """Seconds per training step of one embedded-default Diff-C with `threads` threads."""
+    torch.set_num_threads(threads)
+    if _START is not None:  # all seeds start stepping together, after their imports
+        _START.wait()
+    device = torch.device("cpu")
+    cfg = DiffcConfig(in_channels=shape[0], num_classes=10, width=64, dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.randn(64, *shape, generator=g).half()
+    label = torch.randint(0, 10, (64,), generator=g)
+    return _bench_setting(cfg, fmap, label, device, torch.bfloat16, torch.channels_last,
+                          warmup=warmup, steps=steps)[0]
+
+
+def bench_seeds(args: argparse.Namespace) -> None:
+    import multiprocessing
+
+    n, threads = args.seeds, torch.get_num_threads()
+    steps, warmup = args.steps or 40, args.warmup or 10
+    print(f"Diff-C seeds on CPU: {n} seeds, {threads} threads; median of {steps} steps after {warmup}")
+    for shape in ((128, 4, 4), (1, 32, 32)):
+        alone = _seed_worker(shape, threads, warmup, steps)
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(n, initializer=_set_start, initargs=(ctx.Barrier(n),)) as pool:
+            side = pool.starmap(_seed_worker, [(shape, max(1, threads // n), warmup, steps)] * n)
+        worst = max(side)
+        print(f"  {'x'.join(map(str, shape)):>8}: one after another {alone * 1e3:6.1f} ms/step; side by side "
+              f"{', '.join(f'{v * 1e3:.1f}' for v in side)} ms/step; {n * alone / worst:.2f}x the throughput")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -275,7 +317,14 @@ def main() -> None:
         "--degenerate", action="store_true",
         help="(d) only: the embedded shape's 1x1-map convs under bf16 (cost and wrong-gradient count)",
     )
+    parser.add_argument(
+        "--seeds", type=int, default=0,
+        help="(e) only: N embedded-default Diff-C seeds one after another vs side by side (CPU)",
+    )
     args = parser.parse_args()
+    if args.seeds:
+        bench_seeds(args)
+        return
     if args.degenerate:
         bench_degenerate(args)
         return
