@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
-import subprocess
 from urllib.parse import quote
 
 import numpy as np
@@ -17,6 +15,7 @@ from PIL import Image
 from pipeline.report.browser import PAGE_SIZE, browser_data, listed, page_html, write_browser
 from pipeline.report.metrics import latent_purity
 from pipeline.sae.scan import LatentStats
+from tests.chromium import chromium, headless
 
 CLASSES = ["T-shirt/top", "Trouser", "Ankle boot", "Bag"]
 
@@ -134,17 +133,6 @@ def test_page_escapes_script_end(tmp_path, small):
 # ----------------------------------------------------------------------------- headless Chromium
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _run(binary: str, *args: str) -> str:
-    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def _body(dom: str) -> dict[str, int]:
     tag = re.search(r"<body[^>]*>", dom).group(0)
     return {k: int(v) for k, v in re.findall(r'data-(\w+)="(\d+)"', tag)}
@@ -170,18 +158,17 @@ def test_thumbnails_written_once_per_image(page):
 
 
 def test_page_in_headless_chromium(page):
-    binary = _chromium()
-    if binary is None:
-        pytest.skip("no chromium or chromium-browser on PATH (Debian: apt-get install -y chromium)")
+    binary = chromium()
     path, data = page
     url = path.resolve().as_uri()
     n = len(data["id"])
 
-    body = _body(_run(binary, "--dump-dom", url))
+    body = _body(headless(binary, "--dump-dom", url, offline=True))
     assert body["count"] == n > PAGE_SIZE  # all firing latents, more than one page
     assert body["images"] > 0 and body["loaded"] == body["images"] and body["failed"] == 0
 
-    dom = _run(binary, "--dump-dom", f"{url}#class={quote('T-shirt/top', safe='')}&sort=activation")
+    query = f"#class={quote('T-shirt/top', safe='')}&sort=activation"
+    dom = headless(binary, "--dump-dom", url + query, offline=True)
     body = _body(dom)
     expect = listed(data, "T-shirt/top", sort="activation")
     assert body["count"] == len(expect) and 0 < body["count"] < n  # the filter narrows the list
@@ -189,13 +176,13 @@ def test_page_in_headless_chromium(page):
     assert shown == expect[:PAGE_SIZE]  # the page's order and filter are `listed`'s
     assert body["loaded"] == body["images"] == dom.count("<img")
 
-    dom = _run(binary, "--dump-dom", f"{url}#page=3")
+    dom = headless(binary, "--dump-dom", f"{url}#page=3", offline=True)
     assert _body(dom)["page"] == 3
     shown = [int(i) for i in re.findall(r'data-id="(\d+)"', dom)]
     assert shown == listed(data)[2 * PAGE_SIZE : 3 * PAGE_SIZE]
 
     shot = path.parent / "screenshot.png"
-    _run(binary, f"--screenshot={shot}", "--window-size=1280,1600", url)
+    headless(binary, f"--screenshot={shot}", "--window-size=1280,1600", url, offline=True)
     assert shot.stat().st_size > 20_000
     with Image.open(shot) as im:
         assert im.size == (1280, 1600)
