@@ -93,18 +93,11 @@ def readers(path: Path, batch: int, seed: int) -> dict[str, dict[str, Callable[[
     except ImportError:
         print("zarrs not installed: pip install zarrs==0.2.3 (skipping its rows)")
     else:
+        # zarr binds an array's codec pipeline when the array is opened.
         with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
             array = zarr.open_array(str(path / "train" / "fmap"), mode="r")
-            reader = zarr_reader(array)
-        out["zarrs"] = {k: _under_zarrs(f) for k, f in reader.items()}
+        out["zarrs"] = zarr_reader(array)
     return out
-
-
-def _under_zarrs(read: Callable[[], int]) -> Callable[[], int]:
-    def run() -> int:
-        with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
-            return read()
-    return run
 
 
 def main() -> None:

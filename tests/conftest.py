@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +33,15 @@ def fashion_mnist_train(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"{SYSTEM_FASHION_MNIST} missing: `make test` installs Debian's dataset-fashion-mnist")
     images, _ = fashion_mnist_arrays("train", tmp_path_factory.mktemp("raw"), download=False)
     return images
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module (`pytestmark = pytest.mark.usefixtures(...)`):
+    tiny models run as fast on one, the run time stays steady when other processes load the
+    CPU (two-thread OpenMP on a busy 2-core machine slowed tests more than 10x), and runs
+    compared bit for bit with `OMP_NUM_THREADS=1` subprocesses use the same count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

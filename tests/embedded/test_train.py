@@ -53,15 +53,7 @@ def _params(**train_overrides) -> Params:
 _DEFAULT_THREADS = torch.get_num_threads()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is as fast as two here, and it keeps the tests' run
-    # time steady when other processes load the CPU (two-thread OpenMP work on a busy 2-core
-    # machine slowed these tests down more than 10×).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
