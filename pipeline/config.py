@@ -132,9 +132,11 @@ class ExtractParams(_Group):
     device: Device = "auto"
     dtype: DType = "auto"
     batch_size: int = Field(16, ge=1)
-    # Run one sample per forward so a tap is bit-identical whatever batch it is in (kernels pick
-    # algorithms by batch size). ~1.2x cost on CPU, 8-13x on a GPU: set false there for speed.
-    batch_invariant: bool = True
+    # true = one sample per forward, so a tap is bit-identical whatever batch it is in (kernels
+    # pick algorithms by batch size). false = forwards of `batch_size` from the start of each
+    # store shard: the same samples always share a forward, so a store still reproduces, and
+    # it is 4-7x faster on a 2-core AVX2 CPU, 8-13x on a GPU (bench.taps, README).
+    batch_invariant: bool = False
     # Store full feature maps (Diff-C needs them); false = pooled only.
     fmap: bool = True
     num_workers: int = Field(0, ge=0)

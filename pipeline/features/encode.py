@@ -22,7 +22,7 @@ from pipeline import __version__
 from pipeline.backbones.base import Backbone
 from pipeline.backbones.weights import read_lock
 from pipeline.config import Params
-from pipeline.features.staging import fill_and_publish, no_barrier, shard_size_for, staged_store
+from pipeline.features.staging import fill_and_publish, forward_batch, no_barrier, shard_size_for, staged_store
 from pipeline.features.store import ArraySpec, FeatureStore
 from pipeline.features.views import Sample, load_view, samples_by_split, view_batches
 from pipeline.paths import latents_store, manifest_path
@@ -54,7 +54,7 @@ def latents_provenance(params: Params, root: Path, dtype: torch.dtype) -> dict[s
         "seed": params.extract.seed,
         "input_space": params.backbone.input_space,
         "dtype": str(dtype).removeprefix("torch."),
-        "batch_invariant": params.extract.batch_invariant,
+        "forward_batch": forward_batch(params.extract),
         "package_version": __version__,
     }
 

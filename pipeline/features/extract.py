@@ -32,7 +32,14 @@ from pipeline.backbones.prompts import (
 from pipeline.config import Params
 from pipeline.data.datasets import read_classes
 from pipeline.features.encode import latents_provenance
-from pipeline.features.staging import STAGING, fill_and_publish, no_barrier, shard_size_for, staged_store
+from pipeline.features.staging import (
+    STAGING,
+    fill_and_publish,
+    forward_batch,
+    no_barrier,
+    shard_size_for,
+    staged_store,
+)
 from pipeline.features.store import ArraySpec, FeatureStore, open_store, provenance_hash
 from pipeline.features.views import Sample, load_view, samples_by_split
 from pipeline.files import atomic_write
@@ -61,7 +68,7 @@ def features_provenance(params: Params, latents: dict[str, Any], backbone: Backb
         "scheduler": type(backbone.scheduler).__name__,
         "extract_dtype": str(backbone.dtype).removeprefix("torch."),
         "fmap": params.extract.fmap,
-        "batch_invariant": params.extract.batch_invariant,
+        "forward_batch": forward_batch(params.extract),
         **({"init_seed": params.init_seed} if params.control == "init" else {}),
     }
 

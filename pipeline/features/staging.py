@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.config import ExtractParams
 from pipeline.features.store import (
     ArraySpec,
     FeatureStore,
@@ -37,6 +38,18 @@ TARGET_SHARD_BYTES = 64 * 2**20
 
 
 MAX_SHARD_SAMPLES = 1024
+
+
+def forward_batch(extract: ExtractParams) -> int:
+    """Samples per encoder / denoiser forward, recorded in a store's provenance.
+
+    Each shard is cut into runs of this many samples from its start, so the same samples
+    always share a forward whatever the number of processes or where a run resumed: a
+    batched store is as reproducible as a one-sample-per-forward one, but another batch size
+    is another store (kernels pick algorithms by batch size: the last bits change). 1 with
+    `extract.batch_invariant` (a tap then depends on its own sample only).
+    """
+    return 1 if extract.batch_invariant else extract.batch_size
 
 
 def shard_size_for(sample_bytes: int, override: int | None = None) -> int:

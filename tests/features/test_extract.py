@@ -22,7 +22,7 @@ from pipeline.errors import StoreError
 from pipeline.features.backbone import load_for_params
 from pipeline.features.encode import run_encode
 from pipeline.features.extract import run_extract
-from pipeline.features.staging import STAGING
+from pipeline.features.staging import STAGING, forward_batch
 from pipeline.features.store import open_store
 from pipeline.paths import Key, backbone_dir, latents_store
 
@@ -34,7 +34,10 @@ def _params(default_params_raw: dict, **extract) -> Params:
     raw.update(dataset="digits", layer="up_ft0", t=100)
     raw["data"].update(max_per_class={"train": 8, "test": 2}, image_size=16)
     raw["model_train"].update(channels=[8, 16], norm_groups=4, image_size=16)
-    raw["extract"].update({"dtype": "fp32", "device": "cpu", "batch_size": 4, "shard_size": 8, **extract})
+    # Batched forwards (the default): the tests below hold the store to one result whatever
+    # the number of processes or an interruption.
+    raw["extract"].update({"dtype": "fp32", "device": "cpu", "batch_size": 4, "shard_size": 8,
+                           "batch_invariant": False, **extract})
     return parse_params(raw)
 
 
@@ -47,6 +50,12 @@ def _setup(root: Path, params: Params) -> None:
     build_scheduler(params.model_train).save_pretrained(out / "scheduler")
     weights = resolve_weights(params.backbone, None, root=root)
     write_lock(lock_record(params.model, weights, root=root), out)
+
+
+# Batched CPU forwards depend on the thread count in the last bits (oneDNN splits work per
+# thread; one-sample forwards happened not to): the runs compared here, in this process and in
+# `OMP_NUM_THREADS=1` subprocesses as torchrun's ranks get by default, use one each.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -111,6 +120,21 @@ def test_store_for_other_params_is_refused(tmp_path: Path, params: Params) -> No
     other = parse_params(raw)
     with pytest.raises(StoreError, match="seed: store has 0, params ask for 7"):
         run_extract(other, load_for_params(other, tmp_path), tmp_path)
+
+
+def test_forward_batch_is_part_of_the_provenance(tmp_path: Path, params: Params) -> None:
+    # Kernels pick algorithms by batch size, so a store batched by 4 need not equal one batched
+    # by 2: another batch size is another store, and one sample per forward is forward_batch 1.
+    _setup(tmp_path, params)
+    store = _run_all(tmp_path, params)
+    assert store.provenance["forward_batch"] == 4
+    raw = params.model_dump(mode="json")
+    raw["extract"]["batch_size"] = 2
+    other = parse_params(raw)
+    with pytest.raises(StoreError, match="forward_batch: store has 4, params ask for 2"):
+        run_extract(other, load_for_params(other, tmp_path), tmp_path)
+    raw["extract"]["batch_invariant"] = True
+    assert forward_batch(parse_params(raw).extract) == 1
 
 
 def _env() -> dict[str, str]:
