@@ -28,11 +28,14 @@ class Tolerance:
 
 
 # Diff-C top-1 is a mean over seeds (its std over 3 seeds is ~0.7 points on the embedded default).
+# The probe is one fit on 2,000 test images (standard error ~0.8 points): on another AMX CPU
+# (2026-12-03) the model trained to other last bits and the probe moved 1.05 points (Diff-C
+# +0.42, σ_label +0.10), so 1.0 was too narrow for what it is meant to let through.
 TOLERANCES = (
     Tolerance("trained.diffc.top1_pct", 1.5, " points"),
     Tolerance("init.diffc.top1_pct", 1.5, " points"),
     Tolerance("input.diffc.top1_pct", 1.5, " points"),
-    Tolerance("trained.probe.top1_pct", 1.0, " points"),
+    Tolerance("trained.probe.top1_pct", 2.0, " points"),
     Tolerance("trained.sae.sigma_label", 0.15),
 )
 # The trained backbone's held-out ε-MSE must be below this fraction of the initialisation's.
