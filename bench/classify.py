@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +29,10 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.extract import SD15_VAE_CONFIG  # noqa: E402
+from bench.record import record  # noqa: E402
 from pipeline.backbones.base import Conditioning, extract_taps  # noqa: E402
-from pipeline.backbones.synthetic import SD15_TEXT_SHAPE, sd15_in_memory  # noqa: E402
+from pipeline.backbones.load import load_backbone  # noqa: E402
+from pipeline.backbones.synthetic import SD15_TEXT_SHAPE, build_synthetic, sd15_in_memory  # noqa: E402
 from pipeline.devices import resolve_device, resolve_dtype  # noqa: E402
 from pipeline.diffc.model import DiffcConfig, build_diffc  # noqa: E402
 from pipeline.diffc.train import predict_topk  # noqa: E402
@@ -47,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=int, default=37)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--model", default="sd15", choices=["sd15", "tiny-sd"],
+        help="sd15 (the full architecture) or tiny-sd (toy widths, for a dry run in seconds)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="append each result as a JSON line here")
     args = parser.parse_args(argv)
 
     from diffusers import AutoencoderKL
@@ -54,10 +62,17 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device)
     torch.manual_seed(0)
-    vae = AutoencoderKL(**SD15_VAE_CONFIG).to(device, dtype).eval()
-    backbone = sd15_in_memory(dtype, device=device)
-    text = torch.zeros(1, *SD15_TEXT_SHAPE, device=device, dtype=dtype)
-    cond = Conditioning("text", texts=("",), text_embeds=text)
+    if args.model == "sd15":
+        vae = AutoencoderKL(**SD15_VAE_CONFIG).to(device, dtype).eval()
+        backbone = sd15_in_memory(dtype, device=device)
+        text = torch.zeros(1, *SD15_TEXT_SHAPE, device=device, dtype=dtype)
+        cond = Conditioning("text", texts=("",), text_embeds=text)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-classify-")
+        path = build_synthetic("tiny-sd", Path(tmp.name))
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae").to(device, dtype).eval()
+        backbone = load_backbone("tiny-sd", model_path=path, device=device, dtype=dtype)
+        cond = backbone.null_conditioning()
     image = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     t = 25
 
@@ -97,11 +112,16 @@ def main(argv: list[str] | None = None) -> None:
     o, u, v = statistics.median(ours), statistics.median(unet), statistics.median(vae_s)
     dc = v + args.classes * u
     name = str(dtype).removeprefix("torch.")
-    print(f"SD-1.5 architecture at {args.size} px on {device} ({name}), Diff-C on {args.layer} ({channels}x{h}x{w}), batch 1")
+    arch = "SD-1.5 architecture" if args.model == "sd15" else "tiny-sd"
+    print(f"{arch} at {args.size} px on {device} ({name}), Diff-C on {args.layer} ({channels}x{h}x{w}), batch 1")
     print(f"  Diff-C path (VAE + UNet to {args.layer} + Diff-C): {o:8.3f} s/image")
     print(f"  one full UNet pass: {u:.3f} s; VAE encode: {v:.3f} s")
     print(f"  Diffusion Classifier lower bound ({args.classes} classes x 1 pass + VAE): {dc:8.3f} s/image")
     print(f"  ratio: {dc / o:.1f}x faster with Diff-C (paper: 24 / 0.13 = 185x on an RTX A6000, many noise draws)")
+    row = f"classify {arch} at {args.size} px, {name}, batch 1, {args.classes} classes"
+    record(args.json, "classify", row, "Diff-C path s/image", o)
+    record(args.json, "classify", row, "Diffusion Classifier lower bound s/image", dc)
+    record(args.json, "classify", row, "ratio", dc / o)
 
 
 if __name__ == "__main__":

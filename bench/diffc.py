@@ -47,6 +47,7 @@ import torch
 if not __package__:  # run as `python bench/diffc.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.record import record
 from pipeline.devices import resolve_device, resolve_dtype
 from pipeline.diffc.model import ConvBlock, DiffcConfig, build_diffc, num_parameters
 from pipeline.diffc.train import predict_topk, to_input, train_step
@@ -141,6 +142,9 @@ def bench(args: argparse.Namespace) -> None:
         train_rate[name] = args.batch / seconds
         print(f"(a) train step  {name:32s} {seconds:8.3f} s/step  {train_rate[name]:9.1f} samples/s")
         print(f"(b) inference   {name:32s} {infer_s[name] * 1e3:8.2f} ms/sample (batch 1, head only)")
+        row = f"Diff-C {args.channels}x{args.size}x{args.size}, width {args.width}, batch {args.batch}, {name}"
+        record(args.json, "diffc", row, "train steps/s", 1 / seconds)
+        record(args.json, "diffc", row, "inference ms/sample", infer_s[name] * 1e3)
 
     base, fast = settings
     print(f"ratio (a) train samples/s, {fast} / {base}: {train_rate[fast] / train_rate[base]:.2f}x")
@@ -255,6 +259,9 @@ def bench_loader(args: argparse.Namespace, device: torch.device, amp: torch.dtyp
             f"(c) loader feed, {n} maps streamed from shards: {n / total:.1f} samples/s, waiting for batches "
             f"{100 * wait / total:.1f}% of the epoch → device busy {100 * (1 - wait / total):.1f}% (target >= 90%)"
         )
+        row = f"Diff-C {args.channels}x{args.size}x{args.size}, fed by the store loader ({n} maps)"
+        record(args.json, "diffc", row, "train steps/s", n / args.batch / total)
+        record(args.json, "diffc", row, "% waiting for the loader", 100 * wait / total)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -297,7 +304,7 @@ def bench_seeds(args: argparse.Namespace) -> None:
               f"{', '.join(f'{v * 1e3:.1f}' for v in side)} ms/step; {n * alone / worst:.2f}x the throughput")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--steps", type=int, default=None, help="timed repeats (default 3 on CPU, 20 on GPU)")
@@ -321,7 +328,8 @@ def main() -> None:
         "--seeds", type=int, default=0,
         help="(e) only: N embedded-default Diff-C seeds one after another vs side by side (CPU)",
     )
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="append (a)-(c) results as JSON lines here")
+    args = parser.parse_args(argv)
     if args.seeds:
         bench_seeds(args)
         return
