@@ -243,7 +243,7 @@ def compare(
             import dvc.api
 
             rows = dvc.api.exp_show(repo=str(repo) if repo else None, num=10_000 if all_commits else 1)
-            records = records_from_exp_show(rows)
+            records = records_from_exp_show(_drop_stale_workspace(rows, (repo or Path(".")) / "dvc.lock"))
     except FileNotFoundError as exc:
         _fail(exc)
     found = tables(records)
@@ -267,6 +267,34 @@ def compare(
         typer.echo(f"{len(drawn)} plot(s): " + ", ".join(str(p) for p in drawn))
     if out and str(out):
         typer.echo(f"{len(found)} table(s) written to {out}/")
+
+
+def _drop_stale_workspace(rows: list[dict], lock_file: Path) -> list[dict]:
+    """exp_show's rows without the workspace's when its metrics are another key's.
+
+    While `dvc exp run -S layer=... -S t=...` runs in the workspace (or after params.yaml was
+    edited without a repro), the workspace row pairs the new key's params with the previous
+    run's reports/metrics.json. The metrics belong to the key whose Diff-C folder the
+    workspace's dvc.lock has `evaluate` read; any other workspace key is dropped. (Here, not in
+    pipeline.report.compare: that module is a dep of the render stage, and this is about
+    DVC's workspace, not about tables.)
+    """
+    from pipeline.paths import Key
+
+    try:
+        stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {})
+    except OSError:
+        return rows
+    evaluated = {dep["path"] for dep in stages.get("evaluate", {}).get("deps", [])}
+    kept = []
+    for row in rows:
+        if row.get("rev") == "workspace" and all(row.get(k) is not None for k in ("dataset", "model", "layer", "t")):
+            key = Key(str(row["dataset"]), str(row["model"]), str(row["layer"]), int(row["t"]))
+            if key.diffc_dir().as_posix() not in evaluated:
+                typer.echo(f"(workspace skipped: its metrics are not {key}'s; dvc.lock's evaluate read another key)", err=True)
+                continue
+        kept.append(row)
+    return kept
 
 
 @app.command("check-metrics")

@@ -95,3 +95,25 @@ def test_features_unknown_key_lists_known(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "digits/tiny-sd/up_ft1/t25" in result.output
     result = runner.invoke(app, ["features", "show", "digits/tiny-sd/up_ft1/t25", "-i", "9", "--root", str(features)])
     assert result.exit_code == 1 and "out of range" in result.output
+
+
+def test_compare_skips_a_workspace_whose_metrics_are_another_keys(tmp_path: Path) -> None:
+    """While `dvc exp run -S layer=up_ft0` runs, the workspace row pairs up_ft0's params with
+    the previous run's metrics: `compare` must not file them under up_ft0 (it did, in a sweep)."""
+    from pipeline.cli import _drop_stale_workspace
+    from pipeline.paths import Key
+
+    def row(rev: str, layer: str) -> dict:
+        return {"rev": rev, "dataset": "fashion_mnist", "model": "fmnist-ddpm", "layer": layer, "t": 25.0,
+                "trained.diffc.top1_pct": 85.0}
+
+    def lock(layer: str) -> Path:
+        dep = Key("fashion_mnist", "fmnist-ddpm", layer, 25).diffc_dir().as_posix()
+        path = tmp_path / f"{layer}.lock"
+        path.write_text(yaml.safe_dump({"stages": {"evaluate": {"deps": [{"path": dep, "md5": "x"}]}}}))
+        return path
+
+    rows = [row("exp-bottleneck", "bottleneck"), row("workspace", "up_ft0")]
+    assert _drop_stale_workspace(rows, lock("bottleneck")) == rows[:1]
+    assert _drop_stale_workspace(rows, lock("up_ft0")) == rows
+    assert _drop_stale_workspace(rows, tmp_path / "missing.lock") == rows
