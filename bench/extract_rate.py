@@ -87,7 +87,7 @@ def build(model: str, device: torch.device, dtype: torch.dtype, tmp: Path) -> tu
     return backbone, backbone.null_conditioning()  # tiny-sd has its text encoder
 
 
-def bench(args: argparse.Namespace) -> dict[str, float]:
+def bench(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-rate-"))
@@ -135,7 +135,6 @@ def bench(args: argparse.Namespace) -> dict[str, float]:
     row = f"extract {args.model} {args.layer} {args.size}px {name} batch {args.batch}"
     record(args.json, "extract_rate", row, "images/s", rate)
     record(args.json, "extract_rate", row, "store write %", 100 * writing / total)
-    return {"images_per_s": rate, "write_share": writing / total}
 
 
 def main(argv: list[str] | None = None) -> None:
