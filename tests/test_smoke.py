@@ -223,6 +223,7 @@ def test_second_repro_runs_nothing(smoke_repo: Path) -> None:
     assert "up to date" in proc.stdout.lower()
 
 
+@pytest.mark.slow
 def test_forced_rerun_reproduces_every_output_byte_for_byte(smoke_repo: Path) -> None:
     """Same params and seed, `dtype: auto` everywhere: rerunning all fourteen stages (eight
     kinds, three rows) gives the same dvc.lock (every output's hash) and metrics; only the
