@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # DVC stage commands call `python -m stages.X`: make them find the venv's python.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup sysdeps testdeps repro test test-all bench clean-venv
+.PHONY: setup sysdeps testdeps interopdeps repro test test-all test-interop bench clean-venv
 
 setup: $(STAMP) sysdeps
 
@@ -47,8 +47,19 @@ repro: setup
 test: setup testdeps
 	$(PY) -m pytest
 
-# Everything, the slow end-to-end and full-size-model tests included.
-test-all: setup testdeps
+# SAELens and sparsify (~50 packages with transformer-lens, wandb, datasets), for the tests
+# that load exported k-SAEs with them; kept out of `make test` for CI's time on 2 cores.
+INTEROP := $(VENV)/.interop
+interopdeps: $(INTEROP)
+$(INTEROP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[interop]'
+	@touch $(INTEROP)
+
+test-interop: setup interopdeps
+	$(PY) -m pytest -m interop
+
+# Everything: the slow end-to-end, full-size-model and interop tests included.
+test-all: setup testdeps interopdeps
 	$(PY) -m pytest -m ''
 
 clean-venv:

@@ -174,6 +174,50 @@ def features_show(
             )
 
 
+sae_app = typer.Typer(help="Take fitted k-SAEs to SAELens or EleutherAI sparsify, and back.", no_args_is_help=True)
+app.add_typer(sae_app, name="sae")
+
+
+@sae_app.command("export")
+def sae_export(
+    out: Path = typer.Argument(..., help="Folder to write (replaced if it exists)."),
+    to: str = typer.Option(..., "--to", help="saelens (SAE.load_from_disk) or sparsify (SparseCoder.load_from_disk)."),
+    sae: Path | None = typer.Option(
+        None, "--sae", help="A fitted k-SAE folder (default: models/sae/<dataset>/<model>/<control>/<layer>/t<t> of --params)."
+    ),
+    params: Path = ParamsOpt,
+) -> None:
+    """Write a k-SAE in SAELens' or sparsify's folder format (exact; their TopK applies ReLU, ours does not)."""
+    from pipeline.interop.saes import FORMATS, export_sae
+
+    if to not in FORMATS:
+        _fail(ValueError(f"--to {to!r}: choose one of {', '.join(FORMATS)}"))
+    folder = sae or _params_or_exit(params).key.sae_dir()
+    if not (folder / "sae.safetensors").is_file():
+        _fail(FileNotFoundError(f"{folder}: no fitted k-SAE here (run `dvc repro fit_sae`, or pass --sae)"))
+    try:
+        export_sae(folder, out, to)  # type: ignore[arg-type]
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    typer.echo(f"{folder} → {out} ({to})")
+
+
+@sae_app.command("import")
+def sae_import(
+    source: Path = typer.Argument(..., help="A SAELens or sparsify TopK SAE folder (format detected from its files)."),
+    out: Path = typer.Argument(..., help="k-SAE folder to write (sae.safetensors + config.json; replaced if it exists)."),
+) -> None:
+    """Read a SAELens or sparsify TopK SAE into a k-SAE folder (refuses settings the k-SAE cannot hold)."""
+    from pipeline.interop.saes import detect_format, import_sae
+
+    try:
+        fmt = detect_format(source)
+        import_sae(source, out, fmt)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    typer.echo(f"{source} ({fmt}) → {out}")
+
+
 @app.command()
 def classify(
     images: list[Path] = typer.Argument(..., help="Image files to classify."),

@@ -20,7 +20,7 @@ LAYERS: list[list[str]] = [
     ["pipeline.data"],
     ["pipeline.embedded", "pipeline.features"],
     ["pipeline.sae", "pipeline.diffc"],
-    ["pipeline.report"],
+    ["pipeline.report", "pipeline.interop"],  # interop: other libraries' formats for the k-SAE
     ["pipeline.cli"],
     ["stages"],
 ]

@@ -1,0 +1,1 @@
+"""Other libraries' formats: k-SAEs for SAELens and sparsify (`saes`)."""
