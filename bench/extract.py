@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.timing import median_seconds
 from pipeline.backbones.base import Conditioning, extract_taps
 from pipeline.backbones.synthetic import SD15_TEXT_SHAPE, sd15_in_memory
 from pipeline.devices import resolve_device, resolve_dtype
@@ -48,15 +49,6 @@ SD15_VAE_CONFIG = dict(
     sample_size=512,
     scaling_factor=0.18215,
 )
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_key(size: int, images: int, layer: str, repeats: int) -> None:
@@ -108,8 +100,8 @@ def bench_key(size: int, images: int, layer: str, repeats: int) -> None:
     naive()
     results = {"naive": [], "pipeline": []}
     for _ in range(repeats):  # interleaved so background load hits both alike
-        results["naive"].append(_median_time(naive, 1) / images)
-        results["pipeline"].append(_median_time(pipeline, 1) / images)
+        results["naive"].append(median_seconds(naive, 1) / images)
+        results["pipeline"].append(median_seconds(pipeline, 1) / images)
     shutil.rmtree(tmp, ignore_errors=True)
     n, p = statistics.median(results["naive"]), statistics.median(results["pipeline"])
     print(f"(a) new (layer, t) key, SD-1.5 architecture at {size} px on {device}, {images} images, median of {repeats}")
@@ -158,9 +150,9 @@ def bench_loader(samples: int, channels: int, side: int, batch: int, repeats: in
         from_store(), from_numpy(), from_store_in_memory()  # warm the page cache, fill the cache
         ts, tn, tm = [], [], []
         for _ in range(repeats):  # interleaved so background load hits all alike
-            ts.append(_median_time(from_store, 1))
-            tn.append(_median_time(from_numpy, 1))
-            tm.append(_median_time(from_store_in_memory, 1))
+            ts.append(median_seconds(from_store, 1))
+            tn.append(median_seconds(from_numpy, 1))
+            tm.append(median_seconds(from_store_in_memory, 1))
         s, n, m = (samples / statistics.median(t) for t in (ts, tn, tm))
         # Ratios per repeat (each pair ran back to back), then their median: steadier than a
         # ratio of medians on a machine whose load changes between repeats.

@@ -16,6 +16,14 @@ each are not timed. Printed: samples/s of
 the ratios ours / sparsify, and each one's FVU on 8,192 held-out samples after the same
 number of samples (target: at least as fast; FVU within 2% of sparsify's).
 
+Also printed: the step time's lower bound on this machine and the fraction of it each of ours
+reaches. The bound is what no implementation of this recipe avoids: the dense selection matmul
+(2·B·d·n FLOP) at the matmul rate measured here on that very shape and dtype, plus the fused
+Adam step's memory traffic (read parameter, gradient and both moments, write three: 28 bytes
+per fp32 parameter) at the copy bandwidth measured here. Everything else (TopK over the (B, n)
+pre-activations, the sparse encoder and decoder, the decoder's renormalisation) is what an
+implementation can shrink.
+
 `--features features/fashion_mnist/fmnist-ddpm/trained/bottleneck/t25.zarr --steps 245` instead
 trains on real pooled activations (the embedded default's shape, d = 128) for as long as the
 fit_sae stage does, and measures FVU on the store's test split.
@@ -41,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.record import record  # noqa: E402
+from bench.timing import median_seconds  # noqa: E402
 from pipeline.devices import resolve_device, resolve_dtype  # noqa: E402
 from pipeline.sae.model import KSae, SaeConfig  # noqa: E402
 
@@ -84,6 +93,39 @@ def import_sparse_coder():
             sys.exit(f"eai-sparsify does not import ({exc}; its coder alone: {inner}); or pass --no-sparsify")
         print(f"(sparsify's trainer does not import here: {exc}; its SparseCoder imported alone)")
     return SparseCoder, SparseCoderConfig
+
+
+def _warm_median(fn, repeats: int = 3) -> float:
+    fn()  # warm-up: first-touch allocation, oneDNN primitive creation
+    return median_seconds(fn, repeats)
+
+
+def step_lower_bound(cfg: SaeConfig, batch: int, select_dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """Seconds per training step that no implementation of the recipe beats on this machine:
+    the selection matmul at the measured matmul rate plus Adam's traffic at the measured
+    bandwidth (module docstring). Returns the parts and the rates they were measured at."""
+    n, d = cfg.num_latents, cfg.d_in
+    x = torch.randn(batch, d, device=device).to(select_dtype)
+    w = torch.randn(n, d, device=device).to(select_dtype)
+
+    def matmul() -> None:
+        torch.nn.functional.linear(x, w)
+        _sync(device)
+
+    flops = 2.0 * batch * d * n
+    matmul_s = _warm_median(matmul)
+    src = torch.empty(128 * 2**20, device=device)  # 512 MB: far beyond any cache
+    dst = torch.empty_like(src)
+
+    def copy() -> None:
+        dst.copy_(src)
+        _sync(device)
+
+    bandwidth = 2 * src.numel() * 4 / _warm_median(copy)
+    params = 2 * n * d + n + d
+    adam_s = 28 * params / bandwidth
+    return {"seconds": matmul_s + adam_s, "matmul_s": matmul_s, "adam_s": adam_s,
+            "flops_per_s": flops / matmul_s, "bytes_per_s": bandwidth}
 
 
 def _sync(device: torch.device) -> None:
@@ -228,6 +270,20 @@ def main(argv: list[str] | None = None) -> None:
         row = f"k-SAE d {args.d}, {cfg.num_latents} latents, k {args.k}, batch {args.batch}: {runner.name}"
         record(args.json, "sae", row, "samples/s", rates[runner.name])
         record(args.json, "sae", row, "held-out FVU", fvu)
+    bounds = {}
+    for runner, dtype in runners:
+        if dtype is None:
+            continue
+        bound = bounds.setdefault(dtype, step_lower_bound(cfg, args.batch, dtype, device))
+        per_step = args.batch / rates[runner.name]
+        print(
+            f"{runner.name}: lower bound {bound['seconds']:.2f} s/step (selection matmul {bound['matmul_s']:.2f} s "
+            f"at {bound['flops_per_s'] / 1e9:.0f} GFLOP/s, Adam {bound['adam_s']:.2f} s at "
+            f"{bound['bytes_per_s'] / 1e9:.1f} GB/s); reached {100 * bound['seconds'] / per_step:.0f}%"
+        )
+        row = f"k-SAE d {args.d}, {cfg.num_latents} latents, k {args.k}, batch {args.batch}: {runner.name}"
+        record(args.json, "sae", row, "lower bound s/step", bound["seconds"])
+        record(args.json, "sae", row, "fraction of the bound", bound["seconds"] / per_step)
     if not args.no_sparsify:
         base = runners[-1][0]
         for runner, _ in runners[:-1]:
