@@ -102,15 +102,14 @@ def import_sae(folder: str | Path, out_dir: str | Path, fmt: Format | None = Non
         t = load_file(folder / _SAELENS_WEIGHTS)
         state = {"W_enc": t["W_enc"].T.contiguous(), "b_enc": t["b_enc"], "W_dec": t["W_dec"], "b_pre": t["b_dec"]}
         extra = dict((cfg.get("metadata") or {}).get("revelio") or {})
-        d_in, k = int(cfg["d_in"]), int(cfg["k"])
     elif fmt == "sparsify":
         _check_sparsify(cfg, folder)
         t = load_file(folder / _SPARSIFY_WEIGHTS)
         state = {"W_enc": t["encoder.weight"], "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_pre": t["b_dec"]}
         extra = dict(cfg.get("revelio") or {})
-        d_in, k = int(cfg["d_in"]), int(cfg["k"])
     else:
         raise ValueError(f"unknown SAE format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    d_in, k = int(cfg["d_in"]), int(cfg["k"])
     num_latents, d = state["W_enc"].shape
     if d != d_in:
         raise ValueError(f"{folder}: encoder weight has input size {d}, but {_CFG} says d_in = {d_in}")
