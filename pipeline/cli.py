@@ -188,10 +188,8 @@ def sae_export(
     params: Path = ParamsOpt,
 ) -> None:
     """Write a k-SAE in SAELens' or sparsify's folder format (exact; their TopK applies ReLU, ours does not)."""
-    from pipeline.interop.saes import FORMATS, export_sae
+    from pipeline.interop.saes import export_sae
 
-    if to not in FORMATS:
-        _fail(ValueError(f"--to {to!r}: choose one of {', '.join(FORMATS)}"))
     folder = sae or _params_or_exit(params).key.sae_dir()
     if not (folder / "sae.safetensors").is_file():
         _fail(FileNotFoundError(f"{folder}: no fitted k-SAE here (run `dvc repro fit_sae`, or pass --sae)"))

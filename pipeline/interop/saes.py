@@ -56,6 +56,8 @@ _CFG = "cfg.json"
 
 def export_sae(sae_dir: str | Path, out_dir: str | Path, to: Format) -> Path:
     """Write the k-SAE of `sae_dir` (a `models/sae/...` folder) as a `to` folder at `out_dir`."""
+    if to not in FORMATS:
+        raise ValueError(f"unknown export format {to!r}: choose one of {', '.join(FORMATS)}")
     model, config = load_sae(Path(sae_dir))
     extra = {k: v for k, v in config.items() if k not in ("sae", "num_latents")}
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -64,13 +66,11 @@ def export_sae(sae_dir: str | Path, out_dir: str | Path, to: Format) -> Path:
                    "b_dec": state["b_pre"]}
         cfg = _saelens_cfg(model.cfg, extra)
         weights = _SAELENS_WEIGHTS
-    elif to == "sparsify":
+    else:  # sparsify
         tensors = {"encoder.weight": state["W_enc"], "encoder.bias": state["b_enc"], "W_dec": state["W_dec"],
                    "b_dec": state["b_pre"]}
         cfg = _sparsify_cfg(model.cfg, extra)
         weights = _SPARSIFY_WEIGHTS
-    else:
-        raise ValueError(f"unknown export format {to!r}: choose one of {', '.join(FORMATS)}")
     with publish_dir(out_dir) as tmp:
         # "format": "pt" is what safetensors' own torch writer records (sparsify saves that way).
         save_file(tensors, tmp / weights, metadata={"format": "pt"})
@@ -98,12 +98,12 @@ def import_sae(folder: str | Path, out_dir: str | Path, fmt: Format | None = Non
     fmt = fmt or detect_format(folder)
     cfg = json.loads((folder / _CFG).read_text())
     if fmt == "saelens":
-        _check_saelens(cfg, folder)
+        _check(cfg, folder, _SAELENS_REQUIRED)
         t = load_file(folder / _SAELENS_WEIGHTS)
         state = {"W_enc": t["W_enc"].T.contiguous(), "b_enc": t["b_enc"], "W_dec": t["W_dec"], "b_pre": t["b_dec"]}
         extra = dict((cfg.get("metadata") or {}).get("revelio") or {})
     elif fmt == "sparsify":
-        _check_sparsify(cfg, folder)
+        _check(cfg, folder, _SPARSIFY_REQUIRED)
         t = load_file(folder / _SPARSIFY_WEIGHTS)
         state = {"W_enc": t["encoder.weight"], "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_pre": t["b_dec"]}
         extra = dict(cfg.get("revelio") or {})
@@ -173,17 +173,15 @@ def _hook_name(extra: dict[str, Any]) -> str | None:
     return f"{extra['layer']}@t{extra['t']}" if "t" in extra else str(extra["layer"])
 
 
-def _check_saelens(cfg: dict[str, Any], folder: Path) -> None:
+# Settings of the libraries' configs that the k-SAE has no counterpart for: an import refuses
+# any other value (absent keys take these, the libraries' defaults).
+_SAELENS_REQUIRED = {"architecture": "topk", "apply_b_dec_to_input": True, "normalize_activations": "none",
+                     "rescale_acts_by_decoder_norm": False, "reshape_activations": "none"}
+_SPARSIFY_REQUIRED = {"activation": "topk", "transcode": False, "skip_connection": False}
+
+
+def _check(cfg: dict[str, Any], folder: Path, required: dict[str, Any]) -> None:
     """Refuse what our k-SAE cannot represent, naming the cfg.json key at fault."""
-    wanted = {"architecture": "topk", "apply_b_dec_to_input": True, "normalize_activations": "none",
-              "rescale_acts_by_decoder_norm": False, "reshape_activations": "none"}
-    for key, value in wanted.items():
-        if cfg.get(key, value) != value:
-            raise ValueError(f"{folder / _CFG}: {key} = {cfg[key]!r}; only {key} = {value!r} maps onto the k-SAE")
-
-
-def _check_sparsify(cfg: dict[str, Any], folder: Path) -> None:
-    wanted = {"activation": "topk", "transcode": False, "skip_connection": False}
-    for key, value in wanted.items():
+    for key, value in required.items():
         if cfg.get(key, value) != value:
             raise ValueError(f"{folder / _CFG}: {key} = {cfg[key]!r}; only {key} = {value!r} maps onto the k-SAE")
