@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import Params, load_params_or_exit
 from pipeline.errors import USER_ERRORS
 from pipeline.paths import CONTROLS
@@ -59,6 +60,7 @@ def run_stage(
     params = load_params_or_exit(args.params)
     if per_control:
         params = params.for_control(args.control)
+    keep_freed_memory()  # the same values, fewer page faults per training step
     start = time.perf_counter()
     try:
         result = work(params, Path("."))

@@ -45,7 +45,7 @@ def test_every_library_module_has_a_layer() -> None:
     core = sorted(m for m in top if unit_of(m) == "core")
     # A new top-level module is a decision: it joins the core here, or goes into a package.
     assert core == [
-        "pipeline.curves", "pipeline.devices", "pipeline.distributed", "pipeline.errors",
+        "pipeline.allocator", "pipeline.curves", "pipeline.devices", "pipeline.distributed", "pipeline.errors",
         "pipeline.files", "pipeline.paths", "pipeline.seeds", "pipeline.timings", "pipeline.training",
     ]
 

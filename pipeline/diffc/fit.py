@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import Params
 from pipeline.curves import write_curve
 from pipeline.data.datasets import read_classes
@@ -113,7 +114,10 @@ def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progre
 
 def _die_with_parent() -> None:
     """Pool initializer (Linux): the kernel kills this worker when the stage process dies, even
-    by SIGKILL, so no orphan goes on training and writing checkpoints beside a rerun."""
+    by SIGKILL, so no orphan goes on training and writing checkpoints beside a rerun. It also
+    keeps freed memory as the stage process does (a spawned worker starts with glibc's
+    defaults)."""
+    keep_freed_memory()
     if sys.platform.startswith("linux"):
         import ctypes
 
