@@ -16,14 +16,16 @@ def write_feature_store(
     splits: Mapping[str, Mapping[str, np.ndarray]],
     provenance: Mapping[str, Any] | None = None,
     shard_size: int = 64,
+    compress_fmap: bool = False,
 ) -> FeatureStore:
     """splits: name → {"pooled": (N, C), optional "fmap": (N, C, H, W), "label": (N,),
-    optional "index"/"view"}; index defaults to a running row number, view to 0."""
+    optional "index"/"view"}; index defaults to a running row number, view to 0.
+    compress_fmap: zstd maps, which zarr must decode (no memory map)."""
     first = next(iter(splits.values()))
     channels = first["pooled"].shape[1]
     arrays = [ArraySpec("pooled", (channels,), "float32", compress=True)]
     if "fmap" in first:
-        arrays.append(ArraySpec("fmap", tuple(first["fmap"].shape[1:]), "float16"))
+        arrays.append(ArraySpec("fmap", tuple(first["fmap"].shape[1:]), "float16", compress=compress_fmap))
     arrays += [
         ArraySpec("label", (), "int64", compress=True),
         ArraySpec("index", (), "int64", compress=True),

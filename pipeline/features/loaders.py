@@ -1,13 +1,12 @@
 """Loaders the fitting stages read features through.
 
 - `load_pooled`: the (N, C) pooled split, whole, in memory (the k-SAE's input is small).
-- `FmapLoader`: batches of (N, C, H, W) maps for Diff-C. Random single-sample reads from a
-  sharded store are ~10x slower than whole shards, so it takes shards whole (memory-mapped
-  where the store allows, see `FeatureStore.shard_view`), in a seeded per-epoch shuffled
-  order with a background thread reading ahead, and shuffles samples inside a buffer of
-  several shards. `in_memory=True` (default: when the split takes under a quarter of the free
-  RAM) reads the split once and shuffles exactly instead. `rows` restricts a loader to some
-  samples of the split (in memory), e.g. the two sides of `carve_validation`.
+- `FmapLoader`: batches of (N, C, H, W) maps for Diff-C, shuffled over the whole split every
+  epoch. `in_memory=True` (default: when the split takes under a quarter of the free RAM)
+  reads the split once; otherwise each batch is gathered from the shards (memory-mapped where
+  the store allows, see `FeatureStore.shard_view`) by a thread reading ahead. Both modes
+  yield the same batches. `rows` restricts a loader to some samples of the split, e.g. the
+  two sides of `carve_validation`.
 - `carve_validation`: a seeded, stratified validation split carved from train (never test).
 """
 
@@ -90,7 +89,14 @@ def _read_ahead(items: list, read, depth: int) -> Iterator:
 
 
 class FmapLoader:
-    """Iterate (fmap, label) batches of one split; one pass per `iter()`, reseeded per epoch."""
+    """Iterate (fmap, label) batches of one split; one pass per `iter()`, reseeded per epoch.
+
+    Both modes draw the same whole-split permutation (the training toolkit's (seed, epoch)
+    `BatchOrder`), so a batch mixes classes however the store is ordered (the Pets and Caltech
+    manifests are class-sorted) and the two modes yield identical batches, bit for bit.
+    Streaming gathers each batch's samples straight from the shards — memory-mapped where the
+    store allows, else zarr's orthogonal selection — `read_ahead` batches ahead in a thread.
+    """
 
     def __init__(
         self,
@@ -100,7 +106,7 @@ class FmapLoader:
         *,
         shuffle: bool = True,
         seed: int = 0,
-        buffer_shards: int = 4,
+        read_ahead: int = 4,
         in_memory: bool | None = None,
         drop_last: bool = False,
         rows: np.ndarray | None = None,
@@ -110,24 +116,21 @@ class FmapLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.buffer_shards = max(1, buffer_shards)
+        self.read_ahead = max(1, read_ahead)
         self.drop_last = drop_last
         self.epoch = 0
-        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         n = store.num_samples(split)
-        fmap = store.array(split, "fmap")
-        nbytes = n * int(np.prod(fmap.shape[1:])) * fmap.dtype.itemsize
-        # Hold the split in memory when it takes under a quarter of the free RAM; a subset of
-        # rows always (it is gathered once, not per shard).
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows is not None and len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= n):
+            raise ValueError(f"FmapLoader: rows outside [0, {n}) of {store.path} {split}")
+        self._fmap = store.array(split, "fmap")
+        nbytes = n * int(np.prod(self._fmap.shape[1:])) * self._fmap.dtype.itemsize
+        # Hold the split in memory when it takes under a quarter of the free RAM.
         self.in_memory = in_memory if in_memory is not None else nbytes < _mem_available_bytes() // 4
-        if self.rows is not None:
-            if not self.in_memory:
-                raise ValueError("FmapLoader: a subset of rows is only supported in memory")
-            if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= n):
-                raise ValueError(f"FmapLoader: rows outside [0, {n}) of {store.path} {split}")
-        self._cache: tuple[np.ndarray, np.ndarray] | None = None
-        self._views: dict[int, np.ndarray] = {}
-        # Labels are tiny: read once, not once per shard and epoch.
+        self._cache: np.ndarray | None = None
+        self._starts = np.array([start for start, _ in store.shards(split)], dtype=np.int64)
+        self._views: dict[int, np.ndarray | None] = {}
+        # Labels are tiny: read once, not once per batch and epoch.
         self._labels = store.read(split, "label")
 
     @property
@@ -141,91 +144,49 @@ class FmapLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng(mix_seed(self.seed, "fmap-loader", self.epoch))
-
-    def _read_shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
-        start, stop = self.store.shards(self.split)[shard]
+    def _view(self, shard: int) -> np.ndarray | None:
         # Maps are kept across epochs: they cost address space, not memory (the pages belong to
-        # the page cache), and re-mapping would fault every page in again each epoch.
-        view = self._views.get(shard)
-        if view is None:
-            view = self.store.shard_view(self.split, "fmap", shard)
-            if view is not None:
-                self._views[shard] = view
-        fmap = view if view is not None else self.store.read_shard(self.split, "fmap", shard)
-        return fmap, self._labels[start:stop]
+        # the page cache), and re-mapping would fault every page in again each epoch. Without
+        # populate: a batch touches a few samples of each shard, not the whole file.
+        if shard not in self._views:
+            self._views[shard] = self.store.shard_view(self.split, "fmap", shard, populate=False)
+        return self._views[shard]
 
-    def _batches(self, x: np.ndarray, y: np.ndarray, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if self.drop_last and len(idx) < self.batch_size:
-                return
-            yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+    def _gather(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at `positions` of the split, in that order, each copied once."""
+        x = np.empty((len(positions), *self._fmap.shape[1:]), self._fmap.dtype)
+        shard_of = np.searchsorted(self._starts, positions, side="right") - 1
+        zarr_rows = []
+        for j, (pos, shard) in enumerate(zip(positions.tolist(), shard_of.tolist())):
+            view = self._view(shard)
+            if view is None:
+                zarr_rows.append(j)
+            else:
+                x[j] = view[pos - self._starts[shard]]
+        if zarr_rows:
+            # zarr decodes each chunk it touches once; it wants the rows sorted.
+            at = np.array(zarr_rows)
+            order = np.argsort(positions[at], kind="stable")
+            x[at[order]] = self._fmap.get_orthogonal_selection((positions[at][order],))
+        return torch.from_numpy(x), torch.from_numpy(self._labels[positions])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rng, epoch = self._rng(), self.epoch
+        epoch = self.epoch
         self.epoch += 1
+        n = self.num_samples
+        order = BatchOrder(n, self.batch_size, self.seed).permutation(epoch).numpy() if self.shuffle else np.arange(n)
+        stop = n - n % self.batch_size if self.drop_last else n
+        batches = [order[start : start + self.batch_size] for start in range(0, stop, self.batch_size)]
         if self.in_memory:
             if self._cache is None:
-                x, y = self.store.read(self.split, "fmap"), self._labels
-                self._cache = (x, y) if self.rows is None else (x[self.rows], y[self.rows])
-            x, y = self._cache
-            # In memory, an epoch's order is the training toolkit's (seed, epoch) permutation.
-            n = len(y)
-            order = BatchOrder(n, self.batch_size, self.seed).permutation(epoch).numpy() if self.shuffle else np.arange(n)
-            yield from self._batches(x, y, order)
+                x = self.store.read(self.split, "fmap")
+                self._cache = x if self.rows is None else x[self.rows]
+            labels = self._labels if self.rows is None else self._labels[self.rows]
+            for idx in batches:
+                yield torch.from_numpy(self._cache[idx]), torch.from_numpy(labels[idx])
             return
-        shards = list(range(len(self.store.shards(self.split))))
-        if self.shuffle:
-            shards = list(rng.permutation(shards))
-        # A buffer is a list of shard arrays (never concatenated: that would copy every sample
-        # once more); a batch gathers its samples straight from them. Samples left over after
-        # a buffer's full batches join the next buffer, so every batch but the last is full.
-        buf_x: list[np.ndarray] = []
-        buf_y: list[np.ndarray] = []
-        for x, y in _read_ahead(shards, self._read_shard, depth=self.buffer_shards):
-            buf_x.append(x)
-            buf_y.append(y)
-            if len(buf_x) < self.buffer_shards:
-                continue
-            yield from self._drain(buf_x, buf_y, rng, keep_rest=True)
-        yield from self._drain(buf_x, buf_y, rng, keep_rest=False)
-
-    def _drain(
-        self, buf_x: list[np.ndarray], buf_y: list[np.ndarray], rng: np.random.Generator, *, keep_rest: bool
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield the buffer's batches; with keep_rest, leave the leftover samples in the buffer."""
-        sizes = np.array([len(y) for y in buf_y])
-        total = int(sizes.sum())
-        if total == 0:
-            return
-        source = np.repeat(np.arange(len(buf_y)), sizes)  # which array each sample is in
-        local = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # its row there
-        order = rng.permutation(total) if self.shuffle else np.arange(total)
-        full = total - total % self.batch_size if keep_rest else total
-        for start in range(0, full, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if self.drop_last and len(idx) < self.batch_size:
-                break
-            # Group the batch's samples by the shard they sit in, so each group is one np.take
-            # straight into the batch (one copy per sample); order inside a batch is irrelevant.
-            idx = idx[np.argsort(source[idx], kind="stable")]
-            arrays, counts = np.unique(source[idx], return_counts=True)
-            x = np.empty((len(idx), *buf_x[0].shape[1:]), buf_x[0].dtype)
-            y = np.empty(len(idx), buf_y[0].dtype)
-            pos = 0
-            for a, count in zip(arrays, counts):
-                rows = local[idx[pos : pos + count]]
-                # mode="clip": with the default "raise", numpy buffers `out` (an extra copy).
-                np.take(buf_x[a], rows, axis=0, out=x[pos : pos + count], mode="clip")
-                y[pos : pos + count] = buf_y[a][rows]
-                pos += count
-            yield torch.from_numpy(x), torch.from_numpy(y)
-        rest = order[full:] if keep_rest else order[:0]
-        dtype = buf_y[0].dtype
-        buf_x[:] = [np.stack([buf_x[source[i]][local[i]] for i in rest])] if len(rest) else []
-        buf_y[:] = [np.array([buf_y[source[i]][local[i]] for i in rest], dtype)] if len(rest) else []
+        positions = [idx if self.rows is None else self.rows[idx] for idx in batches]
+        yield from _read_ahead(positions, self._gather, depth=self.read_ahead)
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -171,7 +171,7 @@ class FeatureStore:
         start, stop = self.shards(split)[shard]
         return np.asarray(self.array(split, name)[start:stop])
 
-    def shard_view(self, split: str, name: str, shard: int) -> np.ndarray | None:
+    def shard_view(self, split: str, name: str, shard: int, *, populate: bool = True) -> np.ndarray | None:
         """A read-only memory map of one shard's samples, or None where zarr must decode it.
 
         zarr assembles a shard chunk by chunk through its codec pipeline (~0.7 GB/s here for
@@ -200,9 +200,10 @@ class FeatureStore:
                 expected = first + chunk_bytes * np.arange(n, dtype=np.uint64)
                 if not (np.array_equal(index[:, 0], expected) and (index[:, 1] == chunk_bytes).all()):
                     return None
-                # MAP_POPULATE reads the pages in now (in the caller's thread: a loader's
-                # read-ahead), so the training loop does not stall on page faults later.
-                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                # MAP_POPULATE reads the pages in now (in the caller's thread), so a reader of
+                # the whole shard does not stall on page faults later; a reader of a few
+                # samples (the Diff-C loader) passes populate=False.
+                flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
                 mapped = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
         except (OSError, ValueError):
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.features.loaders import FmapLoader, carve_validation
 from tests.store_fixtures import write_feature_store
@@ -34,7 +35,36 @@ def test_loader_over_rows_yields_exactly_those_samples(tmp_path) -> None:
     assert sorted(seen.astype(int).tolist()) == rows.tolist()
     labels = np.concatenate([y.numpy() for _, y in loader])
     assert sorted(labels.tolist()) == sorted((rows % 4).tolist())
+    # Streamed from the shards: the same batches.
+    streamed = [x for x, _ in FmapLoader(store, "train", 2, shuffle=True, seed=0, rows=rows, in_memory=False)]
+    held = [x for x, _ in FmapLoader(store, "train", 2, shuffle=True, seed=0, rows=rows, in_memory=True)]
+    assert all(torch.equal(a, b) for a, b in zip(streamed, held, strict=True))
     with pytest.raises(ValueError, match="outside"):
         FmapLoader(store, "train", 2, rows=np.array([40]), in_memory=True)
-    with pytest.raises(ValueError, match="only supported in memory"):
-        FmapLoader(store, "train", 2, rows=rows, in_memory=False)
+
+
+@pytest.mark.parametrize("compress_fmap", [False, True], ids=["memory-mapped", "zarr-decoded"])
+def test_streaming_mixes_classes_like_in_memory(tmp_path, compress_fmap: bool) -> None:
+    """A class-sorted split (as the Pets and Caltech manifests are) streamed from its shards:
+    the batches are the in-memory loader's, bit for bit, and mix classes over the whole split."""
+    classes, per_class, batch = 10, 24, 16
+    labels = np.repeat(np.arange(classes), per_class)
+    n = len(labels)
+    fmap = np.random.default_rng(0).standard_normal((n, 3, 2, 2)).astype(np.float32)
+    store = write_feature_store(
+        tmp_path / "sorted.zarr",
+        {"train": {"pooled": fmap.mean(axis=(2, 3)), "fmap": fmap, "label": labels}},
+        shard_size=per_class,  # one class per shard: a shard buffer would see few classes
+        compress_fmap=compress_fmap,
+    )
+    assert (store.shard_view("train", "fmap", 0) is None) == compress_fmap
+    streamed = FmapLoader(store, "train", batch, seed=5, in_memory=False, read_ahead=2)
+    held = FmapLoader(store, "train", batch, seed=5, in_memory=True)
+    for epoch in range(2):
+        pairs = list(zip(streamed, held, strict=True))
+        assert len(pairs) == n // batch
+        for (xs, ys), (xm, ym) in pairs:
+            assert torch.equal(xs, xm) and torch.equal(ys, ym)
+            # The bound: no class holds more than half a batch (10% of the split each; a
+            # within-4-shards shuffle would give 4 classes ~25% each and often more).
+            assert np.bincount(ys.numpy(), minlength=classes).max() <= batch // 2, (epoch, ys.tolist())

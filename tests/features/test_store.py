@@ -124,7 +124,7 @@ def test_fmap_loader_covers_every_sample_once(tmp_path: Path, in_memory: bool, s
     final, store = _build(tmp_path, sizes={"train": 23, "test": 5}, shard=4)
     _fill(store)
     store = publish(store, final)
-    loader = FmapLoader(store, "train", batch_size=5, shuffle=shuffle, seed=3, buffer_shards=2, in_memory=in_memory)
+    loader = FmapLoader(store, "train", batch_size=5, shuffle=shuffle, seed=3, read_ahead=2, in_memory=in_memory)
     fmap = store.read("train", "fmap")
     seen = []
     sizes = []
