@@ -10,6 +10,7 @@ the model never waits on disk.
 from __future__ import annotations
 
 import queue
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import ExtractParams
+from pipeline.errors import StoreError
 from pipeline.features.store import (
     ArraySpec,
     FeatureStore,
@@ -134,6 +136,53 @@ def no_barrier() -> None:
     pass
 
 
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024:
+            return f"{nbytes:.0f} B" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TiB"
+
+
+def _bytes_on_disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def check_disk_space(
+    final: Path, staged: Path, split_sizes: dict[str, int], arrays: list[ArraySpec]
+) -> None:
+    """Refuse to start a store that cannot fit on its disk, before hours of forwards.
+
+    The estimate is the raw array bytes (the maps are stored uncompressed; the small arrays'
+    compression only helps) less what a resumed staging folder already holds. Staging and the
+    final path share one filesystem (publishing is a rename), and DVC's cache links rather
+    than copies (.dvc/config), so the store is needed once.
+    """
+    samples = sum(split_sizes.values())
+    per_sample = {
+        spec.name: int(np.prod(spec.sample_shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in arrays
+    }
+    total = samples * sum(per_sample.values())
+    needed = total - _bytes_on_disk(staged)
+    probe = staged.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed <= free:
+        return
+    pooled_only = samples * sum(b for name, b in per_sample.items() if name != "fmap")
+    hint = (
+        f"; pooled vectors only (extract.fmap: false, no Diff-C) would take {_size(pooled_only)}"
+        if "fmap" in per_sample
+        else ""
+    )
+    raise StoreError(
+        f"{final}: needs {_size(needed)} more ({samples} samples x {_size(sum(per_sample.values()))}) but "
+        f"{probe.resolve()} has {_size(free)} free{hint}; `dvc gc --workspace` drops the cached stores "
+        f"of keys the workspace no longer uses (README, \"Disk\")"
+    )
+
+
 def staged_store(
     final: Path,
     provenance: dict[str, Any],
@@ -146,6 +195,7 @@ def staged_store(
 ) -> FeatureStore:
     """Open or create the staged store; with several processes rank 0 creates it first."""
     if rank == 0:
+        check_disk_space(final, staging_path(final, provenance, root / STAGING), split_sizes, arrays)
         store = open_or_create_staging(final, provenance, split_sizes, arrays, shard_size, root / STAGING)
     barrier()
     if rank != 0:
