@@ -23,7 +23,7 @@ from pipeline.backbones.registry import BACKBONES, get_backbone
 from pipeline.errors import ConfigError
 from pipeline.paths import CONTROLS, Key
 
-# Dataset name → the domain word used in prompts ("a photo of a {class}, a type of {domain}").
+# Dataset name → the domain word of its images (ours: `revelio datasets`, CLIP templates below).
 DATASETS: dict[str, str] = {
     "oxford_pets": "pet",
     "fgvc_aircraft": "aircraft",
@@ -32,6 +32,20 @@ DATASETS: dict[str, str] = {
     "digits": "digit",
     "imagefolder": "object",
     "unrel": "object",
+}
+
+# `prompt: from_clip`: the text CLIP scores each class with and the denoiser is conditioned on.
+# The three of the paper's datasets are the authors' (NOTES-reference, "from_CLIP"); the rest
+# are ours, in the same form.
+CLIP_TEMPLATES: dict[str, str] = {
+    "oxford_pets": "A photo of a {}, a type of pet.",
+    "fgvc_aircraft": "A photo of a {}, an aircraft.",
+    "caltech101": "A photo of a {}, an object.",
+    **{
+        name: f"A photo of a {{}}, a type of {domain}."
+        for name, domain in DATASETS.items()
+        if name not in ("oxford_pets", "fgvc_aircraft", "caltech101")
+    },
 }
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -66,6 +80,9 @@ class DataParams(_Group):
     on_bad_image: Literal["error", "skip"] = "error"
     # Let torchvision download a missing dataset (needs network).
     download: bool = True
+    # Run an image size the model does not suit (Params.image_size_problem); the reason is
+    # recorded in the latents' provenance.
+    any_image_size: bool = False
 
 
 class ModelTrainParams(_Group):
@@ -142,8 +159,9 @@ class ExtractParams(_Group):
     num_workers: int = Field(0, ge=0)
     # Samples per store shard; null = about 64 MB per shard, at most 1024 samples.
     shard_size: int | None = Field(None, ge=1)
-    clip_model: str = "openai/clip-vit-large-patch14"
-    # Prompt for `prompt: generic`; null = "a photo of a {domain}".
+    # The authors' CLIP (NOTES-reference); openai/clip-vit-large-patch14 is the stronger one.
+    clip_model: str = "openai/clip-vit-base-patch32"
+    # Prompt for `prompt: generic`; null = the authors' "A photo of a pet", for every dataset.
     generic_prompt: str | None = None
 
 
@@ -175,7 +193,8 @@ class SaeParams(_Group):
 
 class DiffcParams(_Group):
     width: int = Field(1024, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    # The paper states no rate; the authors' run.sh passes 0.0 (NOTES-reference, "Diff-C dropout").
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lr: float = Field(1e-4, gt=0.0)
     lr_min: float = Field(5e-5, ge=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
@@ -274,6 +293,20 @@ class Params(_Group):
     def domain(self) -> str:
         return DATASETS[self.dataset]
 
+    def image_size_problem(self) -> str | None:
+        """Why `data.image_size` does not suit the model, or None (the embedded model's native
+        size and halvings follow `model_train`)."""
+        spec, size = self.backbone, self.data.image_size
+        if spec.embedded:
+            train = self.model_train
+            return spec.image_size_problem(size, native=train.image_size, multiple=2 ** (len(train.channels) - 1))
+        return spec.image_size_problem(size)
+
+    @property
+    def clip_template(self) -> str:
+        """The dataset's `prompt: from_clip` text, one `{}` for the class."""
+        return CLIP_TEMPLATES[self.dataset]
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
         spec = self.backbone
@@ -283,6 +316,9 @@ class Params(_Group):
         T = self.num_train_timesteps
         if not 0 <= self.t < T:
             raise ValueError(f"t = {self.t} is out of range for model {self.model}: expected 0 <= t < {T}")
+        size_problem = self.image_size_problem()
+        if size_problem and not self.data.any_image_size:
+            raise ValueError(f"{size_problem}; set data.any_image_size: true to run it anyway (recorded in provenance)")
         if self.extract.dit_noise != "add" and spec.family != "dit":
             raise ValueError(
                 f"extract.dit_noise = {self.extract.dit_noise!r} applies to DiT models only, not {self.model}: "

@@ -98,6 +98,51 @@ def test_prompt_rejected_for_unconditional_model(default_params_raw: dict) -> No
     assert parse_params(default_params_raw).prompt == "from_clip"
 
 
+def _at_size(raw: dict, model: str, size: int, layer: str = "up_ft1") -> dict:
+    raw.update(model=model, layer=layer)
+    raw["data"]["image_size"] = size
+    return raw
+
+
+def test_image_size_must_suit_the_model(default_params_raw: dict) -> None:
+    # The embedded default's 32 px would feed SD-1.5 4x4 latents (native 512 px): refused, naming both.
+    msg = _error(_at_size(default_params_raw, "sd15", 32))
+    assert "data.image_size = 32" in msg and "native 512 px" in msg and "data.any_image_size: true" in msg
+    assert "multiple of 64" in _error(_at_size(default_params_raw, "sd15", 480))
+    assert "expected 256 to 1024" in _error(_at_size(default_params_raw, "sd15", 2048))
+    assert "native 256 px" in _error(_at_size(default_params_raw, "dit-xl-2-256", 64, layer="block3"))
+    for model, size, layer in [("sd15", 512, "up_ft1"), ("sd21", 768, "up_ft1"), ("dit-xl-2-512", 512, "block3"),
+                               ("if-i-l", 64, "up_ft1"), ("ddpm-cifar10", 32, "up_ft1"), ("tiny-sd", 32, "up_ft1")]:
+        assert parse_params(_at_size(default_params_raw, model, size, layer)).data.image_size == size
+    # The embedded model's native size and halvings are model_train's.
+    default_params_raw.update(model="fmnist-ddpm", layer="bottleneck")
+    default_params_raw["data"]["image_size"] = 36
+    assert "multiple of 8" in _error(default_params_raw)
+    default_params_raw["data"]["image_size"] = 128
+    assert "native 32 px" in _error(default_params_raw)
+
+
+def test_image_size_override_is_kept(default_params_raw: dict) -> None:
+    raw = _at_size(default_params_raw, "sd15", 32)
+    raw["data"]["any_image_size"] = True
+    params = parse_params(raw)
+    assert "native 512 px" in params.image_size_problem()
+
+
+def test_clip_templates_are_the_authors(default_params_raw: dict) -> None:
+    # NOTES-reference, "from_CLIP" (the authors' released code): ViT-B/32 and three templates.
+    assert parse_params(default_params_raw).extract.clip_model == "openai/clip-vit-base-patch32"
+    expected = {
+        "oxford_pets": "A photo of a {}, a type of pet.",
+        "fgvc_aircraft": "A photo of a {}, an aircraft.",
+        "caltech101": "A photo of a {}, an object.",
+        "fashion_mnist": "A photo of a {}, a type of garment.",  # ours, same form
+    }
+    for dataset, template in expected.items():
+        raw = {**default_params_raw, "dataset": dataset}
+        assert parse_params(raw).clip_template == template
+
+
 def test_imagefolder_needs_path(default_params_raw: dict) -> None:
     default_params_raw["dataset"] = "imagefolder"
     assert "data.path is required" in _error(default_params_raw)

@@ -2,10 +2,12 @@
 
 - empty: the empty prompt ("" padded to the tokenizer's length, as the authors did); for DiT
   the null class 1000, for unconditional models nothing.
-- generic: one prompt for all images, `extract.generic_prompt` or "a photo of a {domain}".
+- generic: one prompt for all images, `extract.generic_prompt`, by default the authors'
+  "A photo of a pet" — for every dataset, as their released code has it.
 - from_clip: CLIP zero-shot picks each image's class among the dataset's classes, and the
-  image is conditioned on "a photo of a {class}, a type of {domain}" — the same template CLIP
-  scores with (it is CLIP's own Oxford-Pets prompt). CLIP's top-1 against the true labels is
+  image is conditioned on the dataset's template filled with that class — the same text CLIP
+  scores with (the authors': "A photo of a {}, a type of pet." for Pets, "…, an aircraft." and
+  "…, an object."; `pipeline.config.CLIP_TEMPLATES`). CLIP's top-1 against the true labels is
   the baseline Diff-C should beat; the chosen class per image is returned for saving.
 
 Empty and generic prompts are encoded once per run; from_clip encodes each class's prompt once.
@@ -26,27 +28,30 @@ from pipeline.backbones.weights import CLIP_COMPONENTS, resolve_hub
 
 PromptKind = Literal["empty", "generic", "from_clip"]
 
+# The authors' generic prompt, used for every dataset (NOTES-reference, "from_CLIP"). It lives
+# here, not in pipeline.config, because backbones may not import config (tests/test_layering).
+AUTHORS_GENERIC_PROMPT = "A photo of a pet"
+
 
 def readable(class_name: str) -> str:
     """Folder-style class names ("american_bulldog") as words for a prompt."""
     return class_name.replace("_", " ").strip()
 
 
-def prompt_text(prompt: Literal["empty", "generic"], domain: str, generic_prompt: str | None = None) -> str:
+def prompt_text(prompt: Literal["empty", "generic"], generic_prompt: str | None = None) -> str:
     if prompt == "empty":
         return ""
     if prompt == "generic":
-        return generic_prompt if generic_prompt is not None else f"a photo of a {domain}"
+        return AUTHORS_GENERIC_PROMPT if generic_prompt is None else generic_prompt
     raise ValueError(f"prompt = {prompt!r} has no single text; valid here: empty, generic")
 
 
-def class_prompt(class_name: str, domain: str) -> str:
-    return f"a photo of a {readable(class_name)}, a type of {domain}"
+def class_prompt(class_name: str, template: str) -> str:
+    """`template` with one `{}` for the class, e.g. "A photo of a {}, a type of pet."."""
+    return template.format(readable(class_name))
 
 
-def run_conditioning(
-    backbone: Backbone, prompt: PromptKind, domain: str, generic_prompt: str | None = None
-) -> Conditioning:
+def run_conditioning(backbone: Backbone, prompt: PromptKind, generic_prompt: str | None = None) -> Conditioning:
     """The one conditioning row used for every image (prompt empty or generic)."""
     if prompt == "from_clip":
         raise ValueError("prompt = 'from_clip' differs per image: use clip_zero_shot + clip_conditioning")
@@ -56,7 +61,7 @@ def run_conditioning(
             f"use prompt: empty"
         )
     if backbone.conditioning_kind == "text":
-        return backbone.text_conditioning([prompt_text(prompt, domain, generic_prompt)])
+        return backbone.text_conditioning([prompt_text(prompt, generic_prompt)])
     return backbone.null_conditioning()
 
 
@@ -111,7 +116,7 @@ def clip_zero_shot(
     clip: ClipModel,
     images: torch.Tensor,
     class_names: Sequence[str],
-    domain: str,
+    template: str,
     *,
     labels: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 64,
@@ -119,10 +124,11 @@ def clip_zero_shot(
     """Pick each image's class: argmax cosine similarity of CLIP image and prompt embeddings.
 
     images: (N, 3, H, W) in [-1, 1]; CLIP's own processor resizes, crops and normalizes them.
+    template: the dataset's prompt with one `{}` for the class (`Params.clip_template`).
     """
     if not class_names:
         raise ValueError("from_clip needs the dataset's class names (classes.txt is empty)")
-    prompts = tuple(class_prompt(c, domain) for c in class_names)
+    prompts = tuple(class_prompt(c, template) for c in class_names)
     device = next(clip.model.parameters()).device
     with torch.inference_mode():
         tokens = clip.processor.tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")

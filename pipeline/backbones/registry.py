@@ -13,6 +13,11 @@ Family = Literal["sd", "dit", "if", "ddpm"]
 InputSpace = Literal["latent", "pixel"]
 ConditioningKind = Literal["text", "class", "none"]
 
+# The image side must be a multiple of this for the model's forward to line up: SD's VAE
+# halves 3 times and its UNet 3 more (64); DiT's VAE 8 x patch 2 (16); IF's and the DDPMs'
+# UNets halve 3 times (8).
+SIZE_MULTIPLE: dict[Family, int] = {"sd": 64, "dit": 16, "if": 8, "ddpm": 8}
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -39,6 +44,26 @@ class BackboneSpec:
         if self.family == "dit":
             return [f"block{i}" for i in range(n)]
         return ["bottleneck", *(f"up_ft{i}" for i in range(n))]
+
+    def image_size_problem(self, size: int, native: int | None = None, multiple: int | None = None) -> str | None:
+        """Why `size` px does not suit this model, or None. A size the forward cannot take, or
+        beyond half / twice the native size (features there say little about the released
+        model), is refused; `native` and `multiple` stand in for models built from params."""
+        if self.synthetic:
+            return None
+        native = self.image_size if native is None else native
+        multiple = SIZE_MULTIPLE[self.family] if multiple is None else multiple
+        if size % multiple:
+            return (
+                f"data.image_size = {size} does not fit model {self.name} (native {native} px): "
+                f"it needs a multiple of {multiple}"
+            )
+        if not native // 2 <= size <= 2 * native:
+            return (
+                f"data.image_size = {size} is far from model {self.name}'s native {native} px: "
+                f"expected {native // 2} to {2 * native}"
+            )
+        return None
 
     @property
     def conditional_text(self) -> bool:

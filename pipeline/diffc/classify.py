@@ -72,10 +72,10 @@ def load_classifier(params: Params, diffc_dir: Path, root: Path = Path("."), *, 
 def _conditioning(clf: Classifier, pil: Image.Image) -> Conditioning:
     params = clf.params
     if params.prompt != "from_clip":
-        return run_conditioning(clf.backbone, params.prompt, params.domain, params.extract.generic_prompt)
+        return run_conditioning(clf.backbone, params.prompt, params.extract.generic_prompt)
     # As extract does: CLIP sees view 0 at its own size and picks the class prompt.
     small = make_view(pil, CLIP_IMAGE_SIZE, seed=params.extract.seed, index=0, view=0)
-    zs = clip_zero_shot(clf.clip, small[None], clf.class_names, params.domain)
+    zs = clip_zero_shot(clf.clip, small[None], clf.class_names, params.clip_template)
     return clip_conditioning(clf.backbone, zs).rows(zs.predicted)
 
 

@@ -63,7 +63,8 @@ class DiffcConfig:
     # Channels of every conv (the paper's "final feature dimension is 1024").
     width: int = 1024
     # Used twice, as in the released code: Dropout2d after every conv block, Dropout before the FC.
-    dropout: float = 0.5
+    # The paper states no rate; the authors' run.sh passes 0.0 (NOTES-reference, "Diff-C dropout").
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "width"):

@@ -22,7 +22,13 @@ from pipeline import __version__
 from pipeline.backbones.base import Backbone
 from pipeline.backbones.weights import read_lock
 from pipeline.config import Params
-from pipeline.features.staging import fill_and_publish, forward_batch, no_barrier, shard_size_for, staged_store
+from pipeline.features.staging import (
+    fill_and_publish,
+    forward_batch,
+    no_barrier,
+    shard_size_for,
+    staged_store,
+)
 from pipeline.features.store import ArraySpec, FeatureStore
 from pipeline.features.views import Sample, load_view, samples_by_split, view_batches
 from pipeline.paths import latents_store, manifest_path
@@ -43,6 +49,9 @@ def weights_fingerprint(params: Params, root: Path) -> str:
 
 
 def latents_provenance(params: Params, root: Path, dtype: torch.dtype) -> dict[str, Any]:
+    # Only when overridden, so stores built at a size the model suits keep their hash.
+    size_problem = params.image_size_problem() if params.data.any_image_size else None
+    override = {"image_size_override": size_problem} if size_problem else {}
     return {
         "kind": "latents",
         "dataset": params.dataset,
@@ -56,23 +65,8 @@ def latents_provenance(params: Params, root: Path, dtype: torch.dtype) -> dict[s
         "dtype": str(dtype).removeprefix("torch."),
         "forward_batch": forward_batch(params.extract),
         "package_version": __version__,
+        **override,
     }
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def run_encode(

@@ -51,9 +51,9 @@ CLIP_IMAGE_SIZE = 224
 def features_provenance(params: Params, latents: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
     prompt = params.prompt
     if prompt == "from_clip":
-        text = "a photo of a {class}, a type of " + params.domain + f" (class by CLIP {params.extract.clip_model})"
+        text = params.clip_template.format("{class}") + f" (class by CLIP {params.extract.clip_model})"
     else:
-        text = prompt_text(prompt, params.domain, params.extract.generic_prompt)
+        text = prompt_text(prompt, params.extract.generic_prompt)
     return {
         **{k: v for k, v in latents.items() if k != "kind"},
         "kind": "features",
@@ -89,7 +89,7 @@ def clip_choices(params: Params, backbone: Backbone, samples: dict[str, list[Sam
     for split, items in samples.items():
         images = torch.stack([load_view(s, CLIP_IMAGE_SIZE, params.extract.seed) for s in items])
         labels = [s.label for s in items]
-        zs = clip_zero_shot(clip, images, classes, params.domain, labels=labels if min(labels) >= 0 else None)
+        zs = clip_zero_shot(clip, images, classes, params.clip_template, labels=labels if min(labels) >= 0 else None)
         out["predicted"][split] = zs.predicted.tolist()
         out["top1"][split] = zs.accuracy
     atomic_write(cache, json.dumps(out))
@@ -115,11 +115,11 @@ def run_extract(
         choices = clip_choices(params, backbone, samples, root)
         # One row per class prompt (text encoder runs once per class); images pick their row.
         classes = read_classes(params.dataset, root)
-        cond = backbone.text_conditioning([class_prompt(c, params.domain) for c in classes])
+        cond = backbone.text_conditioning([class_prompt(c, params.clip_template) for c in classes])
         provenance["clip_top1"] = choices["top1"]
     else:
         choices = None
-        cond = run_conditioning(backbone, params.prompt, params.domain, params.extract.generic_prompt)
+        cond = run_conditioning(backbone, params.prompt, params.extract.generic_prompt)
 
     layer = params.key.layer  # the pseudo-layer `input` for the input control
 

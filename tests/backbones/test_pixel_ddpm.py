@@ -93,10 +93,10 @@ def test_batch_invariance_and_channels(ddpm, gray_images: torch.Tensor) -> None:
 
 def test_unconditional_model_rejects_prompts(ddpm) -> None:
     with pytest.raises(ValueError, match="prompt = 'generic' is invalid for model ddpm-cifar10"):
-        run_conditioning(ddpm, "generic", "garment")
+        run_conditioning(ddpm, "generic")
     with pytest.raises(ValueError, match="takes no text conditioning"):
         ddpm.text_conditioning(["a photo"])
-    assert run_conditioning(ddpm, "empty", "garment").kind == "none"
+    assert run_conditioning(ddpm, "empty").kind == "none"
     x0 = torch.zeros(1, 1, 16, 16)
     text = Conditioning("text", texts=("x",), text_embeds=torch.zeros(1, 77, 32))
     with pytest.raises(ValueError, match="is unconditional"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.backbones.prompts import (
+    AUTHORS_GENERIC_PROMPT,
     class_prompt,
     clip_conditioning,
     clip_zero_shot,
@@ -17,27 +18,32 @@ from pipeline.backbones.prompts import (
 )
 
 CLASSES = ["t-shirt", "ankle_boot", "bag"]
+TEMPLATE = "A photo of a {}, a type of garment."
 
 
 def test_prompt_texts() -> None:
-    assert prompt_text("empty", "pet") == ""
-    assert prompt_text("generic", "pet") == "a photo of a pet"
-    assert prompt_text("generic", "pet", "a picture") == "a picture"
-    assert class_prompt("american_bulldog", "pet") == "a photo of a american bulldog, a type of pet"
+    assert prompt_text("empty") == ""
+    # The authors' generic prompt, the same for every dataset (NOTES-reference, "from_CLIP").
+    assert prompt_text("generic") == AUTHORS_GENERIC_PROMPT == "A photo of a pet"
+    assert prompt_text("generic", "a picture") == "a picture"
+    # The authors' Oxford-Pets template (NOTES-reference, "from_CLIP"), class words from folder names.
+    assert class_prompt("american_bulldog", "A photo of a {}, a type of pet.") == (
+        "A photo of a american bulldog, a type of pet."
+    )
 
 
 def test_run_conditioning_per_model_kind(tiny_backbones: dict) -> None:
     sd, dit = tiny_backbones["tiny-sd"], tiny_backbones["tiny-dit"]
-    generic = run_conditioning(sd, "generic", "garment")
-    assert generic.texts == ("a photo of a garment",) and generic.text_embeds.shape == (1, 77, 32)
-    empty = run_conditioning(sd, "empty", "garment")
+    generic = run_conditioning(sd, "generic")
+    assert generic.texts == ("A photo of a pet",) and generic.text_embeds.shape == (1, 77, 32)
+    empty = run_conditioning(sd, "empty")
     assert empty.texts == ("",) and torch.equal(empty.text_embeds, sd.null_conditioning().text_embeds)
-    null = run_conditioning(dit, "empty", "garment")
+    null = run_conditioning(dit, "empty")
     assert null.kind == "class" and null.class_labels.tolist() == [1000]
     with pytest.raises(ValueError, match="prompt = 'generic' is invalid for model tiny-dit"):
-        run_conditioning(dit, "generic", "garment")
+        run_conditioning(dit, "generic")
     with pytest.raises(ValueError, match="differs per image"):
-        run_conditioning(sd, "from_clip", "garment")
+        run_conditioning(sd, "from_clip")
 
 
 def test_clip_zero_shot_picks_the_most_similar_prompt(
@@ -45,9 +51,9 @@ def test_clip_zero_shot_picks_the_most_similar_prompt(
 ) -> None:
     clip = load_clip(str(tiny_dirs["tiny-clip"]))
     labels = [0, 1, 2, 0, 1, 2, 0]
-    result = clip_zero_shot(clip, images, CLASSES, "garment", labels=labels, batch_size=3)
+    result = clip_zero_shot(clip, images, CLASSES, TEMPLATE, labels=labels, batch_size=3)
     assert result.prompts == tuple(
-        f"a photo of a {c}, a type of garment" for c in ["t-shirt", "ankle boot", "bag"]
+        f"A photo of a {c}, a type of garment." for c in ["t-shirt", "ankle boot", "bag"]
     )
     # Independent computation with CLIPModel's own forward (logits_per_image).
     pixels = clip.processor.image_processor(
@@ -58,9 +64,9 @@ def test_clip_zero_shot_picks_the_most_similar_prompt(
         logits = clip.model(pixel_values=pixels, **tokens).logits_per_image
     assert torch.equal(result.predicted, logits.argmax(-1))
     assert result.accuracy == pytest.approx(float((logits.argmax(-1) == torch.tensor(labels)).float().mean()))
-    assert clip_zero_shot(clip, images, CLASSES, "garment").accuracy is None
+    assert clip_zero_shot(clip, images, CLASSES, TEMPLATE).accuracy is None
     with pytest.raises(ValueError, match="got 2 labels for 7 images"):
-        clip_zero_shot(clip, images, CLASSES, "garment", labels=[0, 1])
+        clip_zero_shot(clip, images, CLASSES, TEMPLATE, labels=[0, 1])
 
 
 def test_clip_conditioning_rows_per_image(
@@ -68,7 +74,7 @@ def test_clip_conditioning_rows_per_image(
 ) -> None:
     sd = tiny_backbones["tiny-sd"]
     clip = load_clip(str(tiny_dirs["tiny-clip"]))
-    result = clip_zero_shot(clip, images, CLASSES, "garment")
+    result = clip_zero_shot(clip, images, CLASSES, TEMPLATE)
     cond = clip_conditioning(sd, result)
     assert cond.num_rows == len(CLASSES)
     per_image = cond.rows(result.predicted)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipeline.backbones.weights import lock_record, resolve_weights, write_lock
@@ -20,7 +21,7 @@ from pipeline.data.datasets import build_dataset
 from pipeline.embedded.train import build_scheduler, build_unet
 from pipeline.errors import StoreError
 from pipeline.features.backbone import load_for_params
-from pipeline.features.encode import run_encode
+from pipeline.features.encode import latents_provenance, run_encode
 from pipeline.features.extract import run_extract
 from pipeline.features.staging import STAGING, forward_batch
 from pipeline.features.store import open_store
@@ -193,3 +194,63 @@ def test_two_processes_equal_one(tmp_path: Path, params: Params) -> None:
     got = _arrays(Key("digits", "fmnist-ddpm", "up_ft0", 100).features_store(two))
     for key in reference:
         np.testing.assert_array_equal(got[key], reference[key], err_msg=key)
+
+
+def _fake_free_space(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    import shutil
+
+    from pipeline.features import staging
+
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(staging.shutil, "disk_usage", lambda path: usage._replace(free=free))
+
+
+def test_extract_refuses_a_store_that_cannot_fit(
+    tmp_path: Path, params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _setup(tmp_path, params)
+    backbone = load_for_params(params, tmp_path)
+    run_encode(params, backbone, tmp_path)
+    _fake_free_space(monkeypatch, 10 * 2**20)
+    # 100 samples x (16x16x16 fp16 map 8,192 B + 16 pooled fp32 + label, index, view: 8,274 B)
+    # fit in 10 MiB; in 512 KiB they do not, and nothing is staged.
+    run_extract(params, backbone, tmp_path)
+    other = parse_params({**params.model_dump(mode="json"), "t": 200})
+    _fake_free_space(monkeypatch, 2**20 // 2)
+    with pytest.raises(StoreError) as err:
+        run_extract(other, backbone, tmp_path)
+    message = str(err.value)
+    assert str(other.key.features_store(tmp_path)) in message, message
+    assert "needs 808.0 KiB more (100 samples x 8.1 KiB)" in message and "has 512.0 KiB free" in message, message
+    assert "pooled vectors only (extract.fmap: false, no Diff-C) would take 8.0 KiB" in message, message
+    assert "dvc gc --workspace" in message, message
+    assert not any((tmp_path / STAGING).glob("*t200*"))
+
+
+def test_disk_check_counts_what_a_resumed_staging_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.features.staging import check_disk_space
+    from pipeline.features.store import ArraySpec
+
+    arrays = [ArraySpec("fmap", (4, 8, 8), "float16"), ArraySpec("label", (), "int64")]
+    sizes = {"train": 1000, "test": 24}  # 1024 x (512 + 8) bytes = 520 KiB
+    staged = tmp_path / "staging" / "x.zarr"
+    _fake_free_space(monkeypatch, 400 * 1024)
+    with pytest.raises(StoreError, match=r"needs 520.0 KiB more \(1024 samples x 520 B\)"):
+        check_disk_space(tmp_path / "x.zarr", staged, sizes, arrays)
+    # Half already staged by an interrupted run: the rest fits.
+    staged.mkdir(parents=True)
+    (staged / "c").write_bytes(b"\0" * 260 * 1024)
+    check_disk_space(tmp_path / "x.zarr", staged, sizes, arrays)
+
+
+def test_image_size_override_is_recorded(tmp_path: Path, default_params_raw: dict) -> None:
+    raw = _params(default_params_raw).model_dump(mode="json")
+    raw["data"].update(image_size=64, any_image_size=True)  # the model is trained at 16 px
+    params = parse_params(raw)
+    _setup(tmp_path, params)
+    latents = run_encode(params, load_for_params(params, tmp_path), tmp_path)
+    assert "data.image_size = 64 is far from model fmnist-ddpm's native 16 px" in latents.provenance[
+        "image_size_override"
+    ]
+    # At a size the model suits, provenance has no such key (existing stores keep their hash).
+    assert "image_size_override" not in latents_provenance(_params(default_params_raw), tmp_path, torch.float32)
