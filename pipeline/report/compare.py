@@ -13,9 +13,9 @@ reports/metrics.json). Records are grouped by what varies:
 - by prompt (Tables 6-9): same dataset, model, control, layer, t;
 and each group with two or more records becomes a table: Diff-C top-1 (mean ± std over
 seeds), the linear probe, σ_label and the order-free purity scores, with the paper's value
-alongside when the paper ran that exact configuration (pipeline.report.paper_values). The
-input row's layer is the pseudo-layer `input`: it joins the control tables of every layer at
-its t.
+alongside when the paper ran that exact configuration at that image size
+(pipeline.report.paper_values). The input row's layer is the pseudo-layer `input`: it joins
+the control tables of every layer at its t.
 """
 
 from __future__ import annotations
@@ -275,7 +275,10 @@ def _paper(r: Record, metric: str) -> float | None:
     if r.key["control"] != "trained":
         return None
     k = r.key
-    return paper_value(k["dataset"], k["model"], k["layer"], k["t"], k["prompt"], metric)
+    # The paper measured σ_label at 256 px and Diff-C at 512 px: only a run at that size compares.
+    size = dict(r.config).get("data.image_size")
+    size = int(json.loads(size)) if size is not None else None
+    return paper_value(k["dataset"], k["model"], k["layer"], k["t"], k["prompt"], size, metric)
 
 
 def _fmt(value: Any) -> str:

@@ -1,15 +1,24 @@
 """The paper's reported numbers, keyed by the configuration that produced them, so that
 `revelio compare` can print them beside a run with the same configuration.
 
-Keys: (dataset, model, layer, t, prompt). Values: `sigma_label` (Table 2, σ_label@1000 on the
-dense pre-TopK activations, k = 32) and `diffc_top1` (Tables 3, 6-9, Diff-C test top-1 in %).
-Transcribed from the paper's text; where two tables disagree (Table 9's from_CLIP delta vs
-Table 7) the per-layer table wins. The paper's DiT is taken to be DiT-XL/2 at 256 px.
+Keys: (dataset, model, layer, t, prompt, image size). Values: `sigma_label` (Table 2,
+σ_label@1000 on the dense pre-TopK activations, k = 32) and `diffc_top1` (Tables 3, 6-9,
+Diff-C test top-1 in %). Transcribed from the paper's text; where two tables disagree
+(Table 9's from_CLIP delta vs Table 7) the per-layer table wins.
+
+Image sizes are the authors' code's (NOTES-reference): the k-SAE's features at 256 px, Diff-C's
+at 512 px (the paper, Sec. 4: "randomly cropped and resized to 512 × 512"). So Table 2d's DiT
+is DiT-XL/2-256, and Table 3's DiT is DiT-XL/2-512: the authors' Diff-C reshapes its tokens
+with `.view(B, 1152, 32, 32)`, a 32 × 32 token grid, which only the 512 px model has. That
+reshape also mixes channels and positions (this project transposes), so a DiT Diff-C number
+here is not the paper's one for one.
 """
 
 from __future__ import annotations
 
-Key = tuple[str, str, str, int, str]
+Key = tuple[str, str, str, int, str, int]
+
+SAE_IMAGE_SIZE, DIFFC_IMAGE_SIZE = 256, 512
 
 _TABLE_2A = {  # σ_label by layer, SD-1.5, t = 25, empty prompt
     "oxford_pets": {"bottleneck": 9.48, "up_ft0": 9.90, "up_ft1": 8.59, "up_ft2": 9.67},
@@ -47,9 +56,9 @@ _TABLES_678 = {
 }
 _TABLE_9_GENERIC = {25: 88.61 - 3.14, 200: 86.89 - 3.13}  # Pets, up_ft1, "a photo of a pet"
 _TABLE_3 = {  # Pets, empty prompt, other architectures
-    ("dit-xl-2-256", "block10", 25): 87.49,
-    ("dit-xl-2-256", "block10", 200): 80.89,
-    ("dit-xl-2-256", "block14", 25): 88.61,
+    ("dit-xl-2-512", "block10", 25): 87.49,
+    ("dit-xl-2-512", "block10", 200): 80.89,
+    ("dit-xl-2-512", "block14", 25): 88.61,
     ("if-i-l", "bottleneck", 25): 61.16,
     ("if-i-l", "bottleneck", 200): 54.08,
     ("if-i-l", "up_ft1", 25): 84.08,
@@ -60,34 +69,42 @@ _TABLE_3 = {  # Pets, empty prompt, other architectures
 def _build() -> dict[Key, dict[str, float]]:
     out: dict[Key, dict[str, float]] = {}
 
-    def put(key: Key, name: str, value: float) -> None:
-        out.setdefault(key, {})[name] = round(value, 3)
+    def sigma(key: tuple[str, str, str, int, str], value: float) -> None:
+        out.setdefault((*key, SAE_IMAGE_SIZE), {})["sigma_label"] = round(value, 3)
+
+    def top1(key: tuple[str, str, str, int, str], value: float) -> None:
+        out.setdefault((*key, DIFFC_IMAGE_SIZE), {})["diffc_top1"] = round(value, 3)
 
     for dataset, layers in _TABLE_2A.items():
         for layer, v in layers.items():
-            put((dataset, "sd15", layer, 25, "empty"), "sigma_label", v)
+            sigma((dataset, "sd15", layer, 25, "empty"), v)
     for (dataset, layer), by_t in _TABLE_2B.items():
         for t, v in by_t.items():
-            put((dataset, "sd15", layer, t, "empty"), "sigma_label", v)
+            sigma((dataset, "sd15", layer, t, "empty"), v)
     for model, v in _TABLE_2C.items():
-        put(("oxford_pets", model, "up_ft1", 25, "empty"), "sigma_label", v)
+        sigma(("oxford_pets", model, "up_ft1", 25, "empty"), v)
     for block, v in _TABLE_2D.items():
-        put(("oxford_pets", "dit-xl-2-256", f"block{block}", 25, "empty"), "sigma_label", v)
+        sigma(("oxford_pets", "dit-xl-2-256", f"block{block}", 25, "empty"), v)
     for dataset, by_t in _TABLES_678.items():
         for t, row in by_t.items():
             for layer, (empty, clip) in zip(_LAYERS, row, strict=True):
-                put((dataset, "sd15", layer, t, "empty"), "diffc_top1", empty)
-                put((dataset, "sd15", layer, t, "from_clip"), "diffc_top1", clip)
+                top1((dataset, "sd15", layer, t, "empty"), empty)
+                top1((dataset, "sd15", layer, t, "from_clip"), clip)
     for t, v in _TABLE_9_GENERIC.items():
-        put(("oxford_pets", "sd15", "up_ft1", t, "generic"), "diffc_top1", v)
+        top1(("oxford_pets", "sd15", "up_ft1", t, "generic"), v)
     for (model, layer, t), v in _TABLE_3.items():
-        put(("oxford_pets", model, layer, t, "empty"), "diffc_top1", v)
+        top1(("oxford_pets", model, layer, t, "empty"), v)
     return out
 
 
 PAPER: dict[Key, dict[str, float]] = _build()
 
 
-def paper_value(dataset: str, model: str, layer: str, t: int, prompt: str, metric: str) -> float | None:
-    """The paper's number for this configuration and metric ("sigma_label", "diffc_top1"), or None."""
-    return PAPER.get((dataset, model, layer, int(t), prompt), {}).get(metric)
+def paper_value(
+    dataset: str, model: str, layer: str, t: int, prompt: str, image_size: int | None, metric: str
+) -> float | None:
+    """The paper's number for this configuration and metric ("sigma_label", "diffc_top1"), or
+    None (also when the image size is not the one the paper's number was measured at)."""
+    if image_size is None:
+        return None
+    return PAPER.get((dataset, model, layer, int(t), prompt, int(image_size)), {}).get(metric)

@@ -13,10 +13,10 @@ from pipeline.report.paper_values import paper_value
 
 
 def _row(layer: str, t: int, top1: float, sigma: float, dataset="oxford_pets", model="sd15", prompt="empty",
-         control="trained") -> dict:
+         control="trained", image_size=512) -> dict:
     c = control + "."
     return {"Experiment": f"{layer}-{t}", "dataset": dataset, "model": model, "layer": layer, "t": t,
-            "prompt": prompt, c + "diffc.top1_pct": top1, c + "diffc.top1_std": 0.5, c + "diffc.top5_pct": 99.0,
+            "prompt": prompt, "data.image_size": image_size, c + "diffc.top1_pct": top1, c + "diffc.top1_std": 0.5, c + "diffc.top5_pct": 99.0,
             c + "probe.top1_pct": top1 - 1, c + "sae.sigma_label": sigma, c + "sae.majority": 0.5,
             c + "sae.entropy": 1.0, c + "sae.code.sigma_label": sigma + 0.1, c + "sae.fvu": 0.05, "sae.k": 32}
 
@@ -32,12 +32,16 @@ def test_tables_by_layer_and_by_t_with_paper_values():
     ]
     by_layer = found[0]
     assert [r[0] for r in by_layer.rows] == ["bottleneck", "up_ft1"]  # bottleneck first, then up_ft*
-    # ours ± std, the probe, paper top-1, ours σ, paper σ (Tables 7, 2a)
-    assert by_layer.rows[1][1:7] == [80.0, 0.5, 79.0, 88.61, 8.0, 8.59]
+    # ours ± std, the probe, paper top-1, ours σ, paper σ (Table 7 at 512 px; Table 2a's σ was
+    # measured at 256 px, so not beside a 512 px run)
+    assert by_layer.rows[1][1:7] == [80.0, 0.5, 79.0, 88.61, 8.0, None]
     md = to_markdown(by_layer)
-    assert "| up_ft1 | 80.00 | 0.500 | 79.00 | 88.61 | 8.000 | 8.590 |" in md
+    assert "| up_ft1 | 80.00 | 0.500 | 79.00 | 88.61 | 8.000 | – |" in md
     assert to_csv(by_layer).splitlines()[1].startswith(
-        "oxford_pets,sd15,trained,25,empty,bottleneck,70.0,0.5,69.0,69.97,9.0,9.48")
+        "oxford_pets,sd15,trained,25,empty,bottleneck,70.0,0.5,69.0,69.97,9.0,")
+    # The same cells at 256 px: the paper's σ_label (Table 2a), not its Diff-C top-1.
+    small = tables(records_from_exp_show([_row(layer, 25, 70.0, 8.0, image_size=256) for layer in ("up_ft1", "bottleneck")]))
+    assert [r[4] for r in small[0].rows] == [None, None] and [r[6] for r in small[0].rows] == [9.48, 8.59]
 
 
 def test_controls_share_a_table_with_the_trained_model():
@@ -81,11 +85,17 @@ def test_unmatched_configs_have_no_paper_value():
 
 
 def test_paper_values_transcribed():
-    assert paper_value("caltech101", "sd15", "bottleneck", 200, "empty", "sigma_label") == 8.17
-    assert paper_value("fgvc_aircraft", "sd15", "up_ft1", 25, "from_clip", "diffc_top1") == 63.69
-    assert paper_value("oxford_pets", "sd15", "up_ft1", 25, "generic", "diffc_top1") == 85.47
-    assert paper_value("oxford_pets", "dit-xl-2-256", "block14", 25, "empty", "sigma_label") == 9.05
-    assert paper_value("fashion_mnist", "fmnist-ddpm", "bottleneck", 25, "empty", "diffc_top1") is None
+    # σ_label at the k-SAE's 256 px, Diff-C at 512 px (NOTES-reference; paper Sec. 4).
+    assert paper_value("caltech101", "sd15", "bottleneck", 200, "empty", 256, "sigma_label") == 8.17  # Table 2b
+    assert paper_value("caltech101", "sd15", "bottleneck", 200, "empty", 512, "sigma_label") is None
+    assert paper_value("fgvc_aircraft", "sd15", "up_ft1", 25, "from_clip", 512, "diffc_top1") == 63.69  # Table 6
+    assert paper_value("oxford_pets", "sd15", "up_ft1", 25, "generic", 512, "diffc_top1") == 85.47  # Table 9
+    assert paper_value("oxford_pets", "sd15", "up_ft1", 25, "empty", 512, "diffc_top1") == 88.61  # Tables 3, 7
+    assert paper_value("oxford_pets", "dit-xl-2-256", "block14", 25, "empty", 256, "sigma_label") == 9.05  # Table 2d
+    # Table 3's DiT: a 32 x 32 token grid in the authors' Diff-C, i.e. DiT-XL/2-512.
+    assert paper_value("oxford_pets", "dit-xl-2-512", "block14", 25, "empty", 512, "diffc_top1") == 88.61
+    assert paper_value("oxford_pets", "sd15", "up_ft1", 25, "empty", None, "diffc_top1") is None
+    assert paper_value("fashion_mnist", "fmnist-ddpm", "bottleneck", 25, "empty", 32, "diffc_top1") is None
 
 
 def test_cli_on_result_folders(tmp_path):
@@ -93,7 +103,8 @@ def test_cli_on_result_folders(tmp_path):
     for layer, top1 in (("bottleneck", 70.0), ("up_ft1", 80.0)):
         f = tmp_path / layer
         (f / "reports").mkdir(parents=True)
-        (f / "params.yaml").write_text(yaml.safe_dump({"dataset": "oxford_pets", "model": "sd15", "layer": layer, "t": 25}))
+        (f / "params.yaml").write_text(yaml.safe_dump({"dataset": "oxford_pets", "model": "sd15", "layer": layer, "t": 25,
+                                                                 "data": {"image_size": 512}}))
         metrics = {"trained": {"diffc": {"top1_pct": top1}, "sae": {"sigma_label": 9.0, "code": {"sigma_label": 9.5}}}}
         (f / "reports" / "metrics.json").write_text(json.dumps(metrics))
         folders.append(str(f))
