@@ -94,6 +94,9 @@ def test_paper_values_transcribed():
     assert paper_value("oxford_pets", "dit-xl-2-256", "block14", 25, "empty", 256, "sigma_label") == 9.05  # Table 2d
     # Table 3's DiT: a 32 x 32 token grid in the authors' Diff-C, i.e. DiT-XL/2-512.
     assert paper_value("oxford_pets", "dit-xl-2-512", "block14", 25, "empty", 512, "diffc_top1") == 88.61
+    assert paper_value("oxford_pets", "dit-xl-2-512", "block14", 200, "empty", 512, "diffc_top1") == 83.02
+    assert paper_value("oxford_pets", "sd21", "bottleneck", 25, "empty", 512, "diffc_top1") == 56.80  # Table 3
+    assert paper_value("oxford_pets", "if-i-l", "up_ft1", 25, "empty", 64, "diffc_top1") == 84.08  # Table 3, IF's 64 px
     assert paper_value("oxford_pets", "sd15", "up_ft1", 25, "empty", None, "diffc_top1") is None
     assert paper_value("fashion_mnist", "fmnist-ddpm", "bottleneck", 25, "empty", 32, "diffc_top1") is None
 
