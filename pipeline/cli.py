@@ -339,6 +339,78 @@ def _drop_stale_workspace(rows: list[dict], lock_file: Path) -> list[dict]:
     return kept
 
 
+paper_app = typer.Typer(
+    help="The paper's experiments, each one command with the paper's whole recipe (DVC experiments).",
+    no_args_is_help=True,
+)
+app.add_typer(paper_app, name="paper")
+
+
+def _paper_config(name: str):
+    from pipeline.report.paper_configs import get_config
+
+    try:
+        return get_config(name)
+    except LookupError as exc:
+        _fail(exc)
+
+
+@paper_app.command("list")
+def paper_list() -> None:
+    """Each configuration: what it reproduces, its cells, the paper's numbers, the expected cost."""
+    from pipeline.report.paper_configs import CONFIGS
+
+    for config in CONFIGS.values():
+        known = [c.paper for c in config.cells if c.paper is not None]
+        numbers = f"{len(known)} paper number(s)" if known else "paper numbers in its figure only"
+        typer.echo(f"{config.name:<8} {config.what}\n         {len(config.cells)} cell(s), {numbers}; {config.cost}")
+
+
+@paper_app.command("show")
+def paper_show(name: str = typer.Argument(..., help="A configuration from `revelio paper list`.")) -> None:
+    """The full recipe with each value's source, every cell with the paper's number, and the commands."""
+    from pipeline.report.paper_configs import shell
+
+    config = _paper_config(name)
+    typer.echo(f"{config.name}: {config.what}\nexpected cost: {config.cost}\n\nrecipe (every cell):")
+    per_cell = {"dataset", "model", "layer", "t", "prompt", "data.image_size"}
+    shared = {k: v for k, v in config.cells[0].recipe().items() if k not in per_cell}
+    for key, (value, source) in shared.items():
+        typer.echo(f"  {key:<26} {value!s:<14} {source}")
+    typer.echo("\ncells (paper's number beside each):")
+    for cell in config.cells:
+        paper = "–" if cell.paper is None else f"{cell.paper:g}"
+        extra = [f"{k}={v} ({src})" for k, (v, src) in cell.recipe().items() if k not in shared and k not in per_cell]
+        typer.echo(f"  {cell.name:<58} {cell.metric} {paper}" + (f"; {', '.join(extra)}" if extra else ""))
+    typer.echo("\ncommands:")
+    for cmd in config.commands():
+        typer.echo("  " + shell(cmd))
+
+
+@paper_app.command("run")
+def paper_run(
+    name: str = typer.Argument(..., help="A configuration from `revelio paper list`."),
+    queue: bool = typer.Option(False, "--queue", help="Queue the cells (`dvc queue start` runs them) instead of running now."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands only."),
+) -> None:
+    """Run (or queue) one DVC experiment per cell of the configuration, then `revelio compare`."""
+    import subprocess
+
+    from pipeline.report.paper_configs import shell
+
+    config = _paper_config(name)
+    for i, cmd in enumerate(config.commands(queue=queue), 1):
+        typer.echo(f"[{i}/{len(config.cells)}] {shell(cmd)}")
+        if dry_run:
+            continue
+        code = subprocess.call(cmd)
+        if code:
+            typer.echo(f"error: cell {i} of {config.name} failed (exit {code}); the cells before it are kept", err=True)
+            raise typer.Exit(code)
+    if not dry_run:
+        typer.echo("queued: run them with `dvc queue start`" if queue else "done: `revelio compare` prints the tables")
+
+
 @app.command("check-metrics")
 def check_metrics_cmd(
     metrics: Path = typer.Option(Path("reports/metrics.json"), "--metrics", help="This run's metrics file."),
