@@ -382,6 +382,8 @@ def paper_show(name: str = typer.Argument(..., help="A configuration from `revel
         paper = "–" if cell.paper is None else f"{cell.paper:g}"
         extra = [f"{k}={v} ({src})" for k, (v, src) in cell.recipe().items() if k not in shared and k not in per_cell]
         typer.echo(f"  {cell.name:<58} {cell.metric} {paper}" + (f"; {', '.join(extra)}" if extra else ""))
+    for note in dict.fromkeys(c.note for c in config.cells if c.note):
+        typer.echo(f"\nnote: {note}")
     typer.echo("\ncommands:")
     for cmd in config.commands():
         typer.echo("  " + shell(cmd))

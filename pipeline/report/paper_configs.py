@@ -105,6 +105,17 @@ class Cell:
         return [f"{name}={_yaml(value)}" for name, (value, _) in self.recipe().items()]
 
     @property
+    def note(self) -> str | None:
+        """What keeps this cell's number from being the paper's one for one, if anything."""
+        if self.model.startswith("dit"):
+            return (
+                "DiT: the authors' Diff-C views the (B, 1024, 1152) tokens with .view(B, 1152, 32, 32), "
+                "mixing channels and positions; this pipeline transposes, so the maps differ"
+                + ("; how their k-SAE's DiT features were reshaped is not recorded" if self.metric == "sigma_label" else "")
+            )
+        return None
+
+    @property
     def paper(self) -> float | None:
         return paper_value(self.dataset, self.model, self.layer, self.t, self.prompt, self.image_size, self.metric)
 

@@ -84,6 +84,10 @@ def test_dit_cells_follow_the_authors(repo_root: Path) -> None:
     dit = _cell("table3", model="dit-xl-2-512", layer="block14", t=25)
     assert dit.paper == 88.61 and _resolve(dit, repo_root).extract.dit_noise == "embed_only"
     assert _resolve(_cell("table3", model="sd15", layer="up_ft1", t=25), repo_root).extract.dit_noise == "add"
+    # The reshape difference is said where DiT numbers meet the paper's (NOTES-reference, "DiT in Diff-C").
+    assert ".view(B, 1152, 32, 32)" in dit.note and _cell("table3", model="sd15", layer="up_ft1", t=25).note is None
+    shown = CliRunner().invoke(app, ["paper", "show", "table3"])
+    assert shown.exit_code == 0 and "note: DiT: the authors' Diff-C views" in shown.output
 
 
 def test_prompts_and_if_size(repo_root: Path) -> None:
