@@ -396,16 +396,21 @@ def paper_run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands only."),
 ) -> None:
     """Run (or queue) one DVC experiment per cell of the configuration, then `revelio compare`."""
+    import shutil
     import subprocess
+    import sys
 
     from pipeline.report.paper_configs import shell
 
     config = _paper_config(name)
+    # `dvc` on PATH, else the one beside this interpreter (.venv/bin/revelio run without activating).
+    beside = Path(sys.executable).parent / "dvc"
+    dvc = shutil.which("dvc") or (str(beside) if beside.exists() else "dvc")
     for i, cmd in enumerate(config.commands(queue=queue), 1):
         typer.echo(f"[{i}/{len(config.cells)}] {shell(cmd)}")
         if dry_run:
             continue
-        code = subprocess.call(cmd)
+        code = subprocess.call([dvc, *cmd[1:]])
         if code:
             typer.echo(f"error: cell {i} of {config.name} failed (exit {code}); the cells before it are kept", err=True)
             raise typer.Exit(code)
