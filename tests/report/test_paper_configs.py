@@ -7,7 +7,9 @@ released code as NOTES-reference.md read it.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,17 +22,14 @@ from pipeline.report.paper_configs import CONFIGS, Cell, get_config
 
 
 def _resolve(cell: Cell, repo_root: Path) -> Params:
-    """params.yaml with the cell's `-S` overrides applied as DVC applies them (YAML values)."""
-    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
-    for override in cell.overrides():
-        name, _, value = override.partition("=")
-        *path, last = name.split(".")
-        node = raw
-        for part in path:
-            node = node[part]
-        assert last in node, f"{name} is not a key of params.yaml"
-        node[last] = yaml.safe_load(value)
-    return parse_params(raw)
+    """params.yaml with the cell's `-S` overrides applied by DVC's own code for `dvc exp run -S`."""
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        shutil.copy(repo_root / "params.yaml", path)
+        apply_overrides(path, cell.overrides())
+        return parse_params(yaml.safe_load(path.read_text()))
 
 
 def _cell(config: str, **fields) -> Cell:
