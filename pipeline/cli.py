@@ -373,14 +373,16 @@ def paper_show(name: str = typer.Argument(..., help="A configuration from `revel
 
     config = _paper_config(name)
     typer.echo(f"{config.name}: {config.what}\nexpected cost: {config.cost}\n\nrecipe (every cell):")
-    per_cell = {"dataset", "model", "layer", "t", "prompt", "data.image_size"}
-    shared = {k: v for k, v in config.cells[0].recipe().items() if k not in per_cell}
+    # A cell's name holds its dataset, model, layer, t, prompt and size; other own values follow it.
+    in_name = {"dataset", "model", "layer", "t", "prompt", "data.image_size"}
+    shared = config.shared_recipe()
     for key, (value, source) in shared.items():
-        typer.echo(f"  {key:<26} {value!s:<14} {source}")
+        if key not in in_name:
+            typer.echo(f"  {key:<26} {value!s:<14} {source}")
     typer.echo("\ncells (paper's number beside each):")
     for cell in config.cells:
         paper = "–" if cell.paper is None else f"{cell.paper:g}"
-        extra = [f"{k}={v} ({src})" for k, (v, src) in cell.recipe().items() if k not in shared and k not in per_cell]
+        extra = [f"{k}={v} ({src})" for k, (v, src) in cell.recipe().items() if k not in shared and k not in in_name]
         typer.echo(f"  {cell.name:<58} {cell.metric} {paper}" + (f"; {', '.join(extra)}" if extra else ""))
     for note in dict.fromkeys(c.note for c in config.cells if c.note):
         typer.echo(f"\nnote: {note}")
@@ -395,7 +397,7 @@ def paper_run(
     queue: bool = typer.Option(False, "--queue", help="Queue the cells (`dvc queue start` runs them) instead of running now."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands only."),
 ) -> None:
-    """Run (or queue) one DVC experiment per cell of the configuration, then `revelio compare`."""
+    """Run (or queue) one DVC experiment per cell of the configuration; `revelio compare` then prints the tables."""
     import shutil
     import subprocess
     import sys

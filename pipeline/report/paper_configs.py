@@ -142,6 +142,11 @@ class PaperConfig:
     # Expected GPU time per cell: an estimate from FLOP counts (no GPU has run one yet).
     cost: str
 
+    def shared_recipe(self) -> Recipe:
+        """The overrides every cell has, with the same value (what `show` prints once)."""
+        first, *rest = (cell.recipe() for cell in self.cells)
+        return {k: v for k, v in first.items() if all(r.get(k) == v for r in rest)}
+
     def commands(self, queue: bool = False) -> Iterator[list[str]]:
         for cell in self.cells:
             cmd = ["dvc", "exp", "run", "-n", f"paper-{self.name}-{cell.name}"[:100]]
