@@ -11,6 +11,7 @@ import yaml
 from pipeline.backbones.registry import BACKBONES
 from pipeline.config import DATASETS, load_params
 from pipeline.errors import ConfigError
+from pipeline.files import human_bytes
 
 app = typer.Typer(
     help="Interpret diffusion models: cached activations, k-SAEs, Diff-C and the paper's figures.\n\n"
@@ -84,14 +85,6 @@ FeaturesRoot = typer.Option(Path("features"), "--root", help="The feature cache 
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def _fail(exc: Exception) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(1)
@@ -113,7 +106,7 @@ def features_ls(root: Path = FeaturesRoot, as_json: bool = JsonOpt) -> None:
         state = "complete" if r["complete"] else f"INCOMPLETE (missing shards {r['missing_shards']})"
         main = "pooled" if r["kind"] == "features" else "latents"
         shapes = "  ".join(f"{s}:{a.get(main)}" for s, a in r["arrays"].items())
-        typer.echo(f"{r['key']:<48} {_human(r['bytes']):>9}  {state}\n    {main} {shapes}")
+        typer.echo(f"{r['key']:<48} {human_bytes(r['bytes']):>9}  {state}\n    {main} {shapes}")
 
 
 @features_app.command("info")

@@ -94,3 +94,20 @@ def publish_dir(final: str | Path) -> Iterator[Path]:
         swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bytes_on_disk(path: str | Path) -> int:
+    """The bytes of every file under `path` (0 when it does not exist)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def human_bytes(n: float) -> str:
+    """A size for people, in binary units: 512 B, 3.4 KiB, 1.2 GiB, 72.0 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.files import atomic_path, atomic_write, publish_dir
+from pipeline.files import atomic_path, atomic_write, bytes_on_disk, human_bytes, publish_dir
 
 
 def test_atomic_write_replaces_and_cleans_up(tmp_path: Path) -> None:
@@ -41,3 +41,14 @@ def test_publish_dir_swaps_a_folder_in_whole(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old folder left
+
+
+def test_human_bytes_and_bytes_on_disk(tmp_path: Path) -> None:
+    assert [human_bytes(n) for n in (512, 3.5 * 1024, 1024**3 * 1.25, 72 * 1024**4)] == [
+        "512 B", "3.5 KiB", "1.2 GiB", "72.0 TiB"
+    ]
+    assert bytes_on_disk(tmp_path / "missing") == 0
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x").write_bytes(b"12345")
+    (tmp_path / "a" / "b" / "y").write_bytes(b"123")
+    assert bytes_on_disk(tmp_path / "a") == 8 and bytes_on_disk(tmp_path / "a" / "x") == 5

@@ -30,6 +30,7 @@ from pipeline.features.store import (
     staging_path,
 )
 from pipeline.features.views import Sample
+from pipeline.files import bytes_on_disk, human_bytes
 
 STAGING = Path("features") / ".staging"
 
@@ -136,18 +137,6 @@ def no_barrier() -> None:
     pass
 
 
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024:
-            return f"{nbytes:.0f} B" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:.1f} TiB"
-
-
-def _bytes_on_disk(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
 def check_disk_space(
     final: Path, staged: Path, split_sizes: dict[str, int], arrays: list[ArraySpec]
 ) -> None:
@@ -163,7 +152,7 @@ def check_disk_space(
         spec.name: int(np.prod(spec.sample_shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in arrays
     }
     total = samples * sum(per_sample.values())
-    needed = total - _bytes_on_disk(staged)
+    needed = total - bytes_on_disk(staged)
     probe = staged.parent
     while not probe.exists():
         probe = probe.parent
@@ -172,13 +161,14 @@ def check_disk_space(
         return
     pooled_only = samples * sum(b for name, b in per_sample.items() if name != "fmap")
     hint = (
-        f"; pooled vectors only (extract.fmap: false, no Diff-C) would take {_size(pooled_only)}"
+        f"; pooled vectors only (extract.fmap: false, no Diff-C) would take {human_bytes(pooled_only)}"
         if "fmap" in per_sample
         else ""
     )
     raise StoreError(
-        f"{final}: needs {_size(needed)} more ({samples} samples x {_size(sum(per_sample.values()))}) but "
-        f"{probe.resolve()} has {_size(free)} free{hint}; `dvc gc --workspace` drops the cached stores "
+        f"{final}: needs {human_bytes(needed)} more "
+        f"({samples} samples x {human_bytes(sum(per_sample.values()))}) but "
+        f"{probe.resolve()} has {human_bytes(free)} free{hint}; `dvc gc --workspace` drops the cached stores "
         f"of keys the workspace no longer uses (README, \"Disk\")"
     )
 

@@ -40,7 +40,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from pipeline.errors import StoreError
-from pipeline.files import swap_in
+from pipeline.files import bytes_on_disk, swap_in
 
 SPLITS = ("train", "test")
 FORMAT_VERSION = 1
@@ -211,7 +211,7 @@ class FeatureStore:
         return view.reshape(n, *array.shape[1:])
 
     def nbytes_on_disk(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return bytes_on_disk(self.path)
 
 
 def _plain_sharding(array: zarr.Array) -> bool:
