@@ -76,11 +76,15 @@ def features_provenance(params: Params, latents: dict[str, Any], backbone: Backb
 def clip_choices(params: Params, backbone: Backbone, samples: dict[str, list[Sample]], root: Path) -> dict[str, Any]:
     """CLIP's class per sample (per split) and its top-1; cached beside the staging stores.
 
-    It depends on the images and the CLIP model only, not on layer or t, so one cache file
-    serves every extract key of a dataset.
+    It depends on the images, the CLIP model and the dataset's prompt template only, not on
+    layer or t, so one cache file serves every extract key of a dataset.
     """
     classes = read_classes(params.dataset, root)
-    key = provenance_hash({"latents": latents_provenance(params, root, backbone.dtype), "clip": params.extract.clip_model})
+    key = provenance_hash({
+        "latents": latents_provenance(params, root, backbone.dtype),
+        "clip": params.extract.clip_model,
+        "template": params.clip_template,
+    })
     cache = root / STAGING / f"clip-{key}.json"
     if cache.exists():
         return json.loads(cache.read_text())

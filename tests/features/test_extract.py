@@ -254,3 +254,32 @@ def test_image_size_override_is_recorded(tmp_path: Path, default_params_raw: dic
     ]
     # At a size the model suits, provenance has no such key (existing stores keep their hash).
     assert "image_size_override" not in latents_provenance(_params(default_params_raw), tmp_path, torch.float32)
+
+
+def test_clip_choices_cache_is_keyed_by_the_prompt_template(tmp_path, default_params_raw, monkeypatch) -> None:
+    # CLIP's weights are not here: a fake zero-shot classifier that counts its calls.
+    from types import SimpleNamespace
+
+    import pipeline.config
+    import pipeline.features.extract as extract
+
+    calls = []
+    monkeypatch.setattr(extract, "latents_provenance", lambda params, root, dtype: {"latents": "fixed"})
+    monkeypatch.setattr(extract, "read_classes", lambda dataset, root: ["a", "b"])
+    monkeypatch.setattr(extract, "load_clip", lambda name, device: object())
+    monkeypatch.setattr(extract, "load_view", lambda sample, size, seed: torch.zeros(3, 4, 4))
+
+    def zero_shot(clip, images, classes, template, labels=None):
+        calls.append(template)
+        return SimpleNamespace(predicted=np.zeros(len(images), np.int64), accuracy=0.5)
+
+    monkeypatch.setattr(extract, "clip_zero_shot", zero_shot)
+    params = _params(default_params_raw)
+    backbone = SimpleNamespace(dtype=torch.float32, device=torch.device("cpu"))
+    samples = {"test": [SimpleNamespace(label=0), SimpleNamespace(label=1)]}
+    first = extract.clip_choices(params, backbone, samples, tmp_path)
+    assert extract.clip_choices(params, backbone, samples, tmp_path) == first and len(calls) == 1  # cached
+    monkeypatch.setitem(pipeline.config.CLIP_TEMPLATES, params.dataset, "a blurry photo of a {}.")
+    extract.clip_choices(params, backbone, samples, tmp_path)
+    assert calls == [calls[0], "a blurry photo of a {}."]  # a new template is not read from the old cache
+    assert len(list((tmp_path / STAGING).glob("clip-*.json"))) == 2
