@@ -16,12 +16,14 @@ here is not the paper's one for one.
 
 from __future__ import annotations
 
+from pipeline.backbones.registry import BACKBONES
+
 Key = tuple[str, str, str, int, str, int]
 
 SAE_IMAGE_SIZE, DIFFC_IMAGE_SIZE = 256, 512
 # DeepFloyd IF stage I takes 64 px images (its pipeline's first stage); the paper does not say
-# what it fed IF, and 512 px would be 8x its native size: our reading, 64 px.
-IF_IMAGE_SIZE = 64
+# what it fed IF, and 512 px would be 8x its native size: our reading, its native size.
+IF_IMAGE_SIZE = BACKBONES["if-i-l"].image_size
 
 _TABLE_2A = {  # σ_label by layer, SD-1.5, t = 25, empty prompt
     "oxford_pets": {"bottleneck": 9.48, "up_ft0": 9.90, "up_ft1": 8.59, "up_ft2": 9.67},
