@@ -201,6 +201,10 @@ class DiffcParams(_Group):
     batch_size: int = Field(16, ge=1)
     epochs: int = Field(30, ge=1)
     flip: bool = True
+    # A stratified share of train held out as a validation split (whole images: all views of
+    # one on the same side), scored after every epoch to report the best epoch beside the
+    # last one. 0 = none: the paper trains on the whole train split and reports one number.
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     # One Diff-C per seed (weights, dropout, flips, batch order); metrics report their mean and
     # std: a 2,000-image test split alone has a standard error near 0.8 points.
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)

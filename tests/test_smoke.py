@@ -153,12 +153,19 @@ def test_fit_diffc_outputs(smoke_repo: Path, row: str) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seeds"] == [0, 1] and metrics["epochs"] == 2
     assert 0 <= metrics["top1_mean"] <= metrics["top5_mean"] <= 1 and metrics["top1_std"] >= 0
+    # params.yaml's diffc.val_fraction holds out part of train: the best epoch on it, per seed.
+    best = metrics["best"]
+    assert set(best["epoch"]) <= {1, 2} and len(best["test_top1"]) == 2 and "never test" in best["chosen_on"]
     for seed in (0, 1):
         config = json.loads((out / f"seed{seed}/config.json").read_text())
         assert config["num_classes"] == 10 and config["extra"]["classes"] == [str(i) for i in range(10)]
         assert config["extra"]["seed"] == seed and config["extra"]["control"] == row.split("/")[0]
         curve = smoke_repo / f"reports/diffc/digits/fmnist-ddpm/{row}/t25/seed{seed}.csv"
-        assert [r["epoch"] for r in csv.DictReader(curve.open())] == ["1", "2"]
+        rows = list(csv.DictReader(curve.open()))
+        assert [r["epoch"] for r in rows] == ["1", "2"]
+        chosen = rows[best["epoch"][seed] - 1]
+        assert float(chosen["val_top1"]) == max(float(r["val_top1"]) for r in rows)
+        assert float(chosen["test_top1"]) == best["test_top1"][seed]
 
 
 def test_classify_cli(smoke_repo: Path) -> None:
@@ -179,6 +186,7 @@ def test_evaluate_metrics(smoke_repo: Path) -> None:
     for control in ROWS:  # the three rows, the four measures each
         row = metrics[control]
         assert 0 <= row["diffc"]["top1_pct"] <= 100 and row["diffc"]["seeds"] == 2
+        assert 0 <= row["diffc"]["best"]["top1_pct"] <= 100 and len(row["diffc"]["best"]["epoch"]) == 2
         assert 0 <= row["probe"]["top1_pct"] <= 100
         assert row["sae"]["sigma_label"] >= 0 and 0 < row["sae"]["majority"] <= 1
     assert metrics["input"]["probe"]["dim"] == 16 * 16  # the flattened grayscale x_t

@@ -7,8 +7,10 @@ Writes `models/diffc/<dataset>/<model>/<control>/<layer>/t<t>/`:
   reads them; the config's `extra` holds the class names, the key and the features'
   provenance hash, so that `revelio classify` can rebuild the whole image → class path from
   this folder alone);
-- `metrics.json` — per-seed final test top-1 / top-5, their mean and std (ddof 1), epochs,
-  parameters;
+- `metrics.json` — per-seed last-epoch test top-1 / top-5, their mean and std (ddof 1),
+  epochs, parameters; with `diffc.val_fraction` > 0, also `best`: per seed the epoch of highest
+  top-1 on a validation split carved from train (`carve_validation`, whole images, the same
+  rows for every seed) and that epoch's test top-1, labelled apart from the last epoch's;
 and the per-epoch curves `reports/diffc/<dataset>/<model>/<control>/<layer>/t<t>/seed<s>.csv`
 (a DVC plot per seed). An interrupted run resumes: finished seeds are kept, the current one
 resumes after its last finished epoch (checkpoints beside the output).
@@ -38,20 +40,25 @@ import numpy as np
 import torch
 
 from pipeline.allocator import keep_freed_memory
-from pipeline.config import Params
+from pipeline.config import DiffcParams, Params
 from pipeline.curves import write_curve
 from pipeline.data.datasets import read_classes
 from pipeline.devices import resolve_device, resolve_dtype
 from pipeline.diffc.model import save_diffc
 from pipeline.diffc.train import DiffcFit, train_diffc, training_fingerprint
-from pipeline.errors import StoreError
-from pipeline.features.loaders import FmapLoader
-from pipeline.features.store import open_store, provenance_hash
+from pipeline.errors import DataError, StoreError
+from pipeline.features.loaders import FmapLoader, carve_validation
+from pipeline.features.store import FeatureStore, open_store, provenance_hash
 from pipeline.files import publish_dir
 from pipeline.paths import checkpoint_dir
 from pipeline.timings import record_timing
 
 CURVE_FIELDS = ("epoch", "train_loss", "test_loss", "test_top1", "test_top5", "lr")
+# With a validation split the curve gains its columns (after train_loss).
+VAL_CURVE_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "test_loss", "test_top1", "test_top5", "lr")
+# The validation split's seed: one split for every Diff-C seed (so their best epochs are read
+# on the same rows), and the split `bench.diffc_recipe` chose the embedded recipe on.
+VALIDATION_SEED = 0
 
 
 def seed_dir(out_dir: Path, seed: int) -> Path:
@@ -63,11 +70,38 @@ def seed_curve(curve_dir: Path, seed: int) -> Path:
     return Path(curve_dir) / f"seed{seed}.csv"
 
 
-def summarise(seeds: list[int], fits: list[DiffcFit]) -> dict[str, Any]:
-    """The metrics of a multi-seed fit: per seed, mean and sample std (0 for one seed)."""
+def validation_rows(store: FeatureStore, fraction: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(fit rows, validation rows) of the store's train split, or None for `fraction` 0."""
+    if fraction == 0:
+        return None
+    labels, index = store.read("train", "label"), store.read("train", "index")
+    fit, val = carve_validation(labels, fraction, VALIDATION_SEED, groups=index)
+    if len(val) == 0 or len(fit) < 2:
+        raise DataError(
+            f"{store.path}: diffc.val_fraction = {fraction} of {len(np.unique(index))} train images leaves "
+            f"{len(fit)} to train on and {len(val)} to validate on; choose a fraction that leaves both"
+        )
+    return fit, val
+
+
+def summarise(seeds: list[int], fits: list[DiffcFit], val_fraction: float = 0.0) -> dict[str, Any]:
+    """The metrics of a multi-seed fit: per seed, mean and sample std (0 for one seed); the
+    last epoch's, and the best epoch's on the validation split when there is one."""
     top1 = np.array([f.test_top1 for f in fits])
     top5 = np.array([f.test_top5 for f in fits])
     spread = (lambda v: float(v.std(ddof=1))) if len(fits) > 1 else (lambda v: 0.0)
+    best = [f.best for f in fits]
+    best_block: dict[str, Any] = {}
+    if all(b is not None for b in best):
+        best_top1 = np.array([b.test_top1 for b in best])
+        best_block = {"best": {
+            "chosen_on": f"validation split: {val_fraction:g} of train, carved per class (never test)",
+            "epoch": [b.epoch for b in best],
+            "val_top1": [b.val_top1 for b in best],
+            "test_top1": best_top1.tolist(),
+            "top1_mean": float(best_top1.mean()),
+            "top1_std": spread(best_top1),
+        }}
     return {
         "seeds": list(seeds),
         "test_top1": top1.tolist(),
@@ -78,6 +112,7 @@ def summarise(seeds: list[int], fits: list[DiffcFit]) -> dict[str, Any]:
         "top5_std": spread(top5),
         "epochs": len(fits[0].curve),
         "num_parameters": sum(p.numel() for p in fits[0].model.parameters()),
+        **best_block,
     }
 
 
@@ -89,8 +124,19 @@ def seed_threads(device: torch.device, num_seeds: int) -> int | None:
     return max(1, torch.get_num_threads() // num_seeds)
 
 
+def _loaders(store: FeatureStore, hp: DiffcParams, seed: int) -> tuple[FmapLoader, FmapLoader, FmapLoader | None]:
+    """(train, test, validation or None) loaders of one store."""
+    eval_batch = max(hp.batch_size, 256)
+    split = validation_rows(store, hp.val_fraction)
+    fit_rows, val_rows = split if split is not None else (None, None)
+    train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=seed, rows=fit_rows)
+    test = FmapLoader(store, "test", eval_batch, shuffle=False)
+    val = None if val_rows is None else FmapLoader(store, "train", eval_batch, shuffle=False, rows=val_rows)
+    return train, test, val
+
+
 def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progress: bool,
-              position: int = 0, train: FmapLoader | None = None) -> DiffcFit:
+              position: int = 0, loaders: tuple[FmapLoader, FmapLoader, FmapLoader | None] | None = None) -> DiffcFit:
     """Train (or resume) the Diff-C of one seed; a worker process's whole job."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -98,12 +144,11 @@ def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progre
     store = open_store(key.features_store(root))
     classes = read_classes(params.dataset, root)
     device = resolve_device(hp.device)
-    if train is None:
-        train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=seed)
+    train, test, val = loaders if loaders is not None else _loaders(store, hp, seed)
     train.seed = seed
-    test = FmapLoader(store, "test", max(hp.batch_size, 256), shuffle=False)
     return train_diffc(
         train, test, len(classes), hp, seed=seed, device=device, amp_dtype=resolve_dtype(hp.dtype, device),
+        val=val,
         # Each seed has its own checkpoint, kept until all seeds are done: a rerun after an
         # interruption restores the finished seeds at once and resumes the others.
         ckpt_dir=checkpoint_dir(key.diffc_dir(root)) / f"seed{seed}",
@@ -128,10 +173,9 @@ def _die_with_parent() -> None:
 def _fit_seeds(params: Params, root: Path, threads: int | None, progress: bool) -> list[DiffcFit]:
     seeds = params.diffc.seeds
     if threads is None:
-        # One loader for all seeds, reseeded per seed: an in-memory split is read once.
-        store = open_store(params.key.features_store(root))
-        train = FmapLoader(store, "train", params.diffc.batch_size, shuffle=True, seed=seeds[0])
-        return [_fit_seed(params, root, s, None, progress, train=train) for s in seeds]
+        # One set of loaders for all seeds, reseeded per seed: an in-memory split is read once.
+        loaders = _loaders(open_store(params.key.features_store(root)), params.diffc, seeds[0])
+        return [_fit_seed(params, root, s, None, progress, loaders=loaders) for s in seeds]
     # spawn, not fork: the parent has already started torch's thread pools. At most two
     # processes per thread: more seeds than that queue (each keeps its own thread count).
     workers = min(len(seeds), 2 * torch.get_num_threads())
@@ -166,13 +210,17 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     shape = tuple(store.array("train", "fmap").shape[1:])
     threads = seed_threads(device, len(hp.seeds))
     schedule = "one after another" if threads is None else f"side by side, {threads} thread(s) each"
+    split = validation_rows(store, hp.val_fraction)  # checked here, before any worker starts
+    train_maps = f"{store.num_samples('train')} train"
+    if split is not None:
+        train_maps = f"{len(split[0])} train + {len(split[1])} validation ({hp.val_fraction:g} of train)"
     print(
-        f"Diff-C on {store_path}: {store.num_samples('train')} train / {store.num_samples('test')} test maps "
+        f"Diff-C on {store_path}: {train_maps} / {store.num_samples('test')} test maps "
         f"of {'x'.join(map(str, shape))}, {len(classes)} classes, width {hp.width}, {hp.epochs} epochs at batch "
         f"{hp.batch_size}, seeds {hp.seeds} ({schedule}); {device}, {str(amp_dtype).removeprefix('torch.')}"
     )
     fits = _fit_seeds(params, root, threads, progress)
-    metrics = summarise(hp.seeds, fits)
+    metrics = summarise(hp.seeds, fits, hp.val_fraction)
     extra = {
         "classes": classes,
         "dataset": params.dataset,
@@ -189,13 +237,15 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     }
     with publish_dir(out_dir) as tmp:
         for seed, fit in zip(hp.seeds, fits, strict=True):
-            own = {"test_top1": fit.test_top1, "test_top5": fit.test_top5}
+            own: dict[str, Any] = {"test_top1": fit.test_top1, "test_top5": fit.test_top5}
+            if fit.best is not None:
+                own["best"] = {"epoch": fit.best.epoch, "val_top1": fit.best.val_top1, "test_top1": fit.best.test_top1}
             save_diffc(fit.model, fit.cfg, seed_dir(tmp, seed), extra={**extra, "seed": seed, "metrics": own})
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     curves = key.diffc_curves(root)
     with publish_dir(curves) as tmp:
         for seed, fit in zip(hp.seeds, fits, strict=True):
-            write_curve(seed_curve(tmp, seed), fit.curve, CURVE_FIELDS)
+            write_curve(seed_curve(tmp, seed), fit.curve, CURVE_FIELDS if fit.best is None else VAL_CURVE_FIELDS)
     shutil.rmtree(ckpt, ignore_errors=True)
     train_seconds = sum(f.train_seconds for f in fits)
     samples = sum(f.samples_per_s * f.train_seconds for f in fits)

@@ -25,6 +25,11 @@ cross-entropy, 30 epochs, cosine annealing down to 5e-5, random horizontal flips
   and at the epoch's end) or non-finite weights after an epoch stop the run with one line
   (`pipeline.training.NonFiniteLoss`) before the next checkpoint: the one on disk is the
   last good epoch.
+- Which epoch counts: the last (the paper does not say; the authors logged test accuracy
+  after every epoch). Given a validation loader (rows carved from train, never test), each
+  epoch is also scored on it and `DiffcFit.best` holds the epoch of highest validation top-1
+  (the earliest on a tie) with its test accuracy: reported beside the last epoch, labelled,
+  never instead of it. Test accuracy never chooses anything.
 - A training batch of one sample is skipped: BatchNorm cannot train on one value per channel,
   which is what a one-sample batch leaves once the map has shrunk to 1×1 (see diffc.py), and
   its statistics over one sample would be noise anyway. It can only be the ragged last batch
@@ -59,14 +64,35 @@ from pipeline.training import (
 
 # Bumped whenever the checkpoint contents or the training recipe change, so that an old
 # checkpoint is never resumed into a different loop.
-_CKPT_VERSION = 1
+_CKPT_VERSION = 2
 # Progress-bar postfix refresh interval in steps: reading the loss syncs a GPU, so not every step.
 _POSTFIX_EVERY = 10
 
 
+@dataclass(frozen=True)
+class BestEpoch:
+    """The epoch of highest validation top-1 (earliest on a tie) and its scores."""
+
+    epoch: int
+    val_top1: float
+    test_top1: float
+    test_top5: float
+
+
+def best_epoch(curve: list[dict[str, float]]) -> BestEpoch | None:
+    """The curve's best epoch by `val_top1`; None when the curve has no validation scores."""
+    scored = [row for row in curve if "val_top1" in row]
+    if not scored:
+        return None
+    # max() keeps the first of equal values: the earliest epoch wins a tie.
+    row = max(scored, key=lambda r: r["val_top1"])
+    return BestEpoch(int(row["epoch"]), float(row["val_top1"]), float(row["test_top1"]), float(row["test_top5"]))
+
+
 @dataclass
 class DiffcFit:
-    """What `train_diffc` returns. `curve` rows: epoch, train_loss, test_loss, test_top1, test_top5, lr."""
+    """What `train_diffc` returns. `curve` rows: epoch, train_loss, [val_loss, val_top1,]
+    test_loss, test_top1, test_top5, lr. `test_top1`/`test_top5`: the last epoch's."""
 
     model: DiffC = field(repr=False)
     cfg: DiffcConfig
@@ -79,6 +105,8 @@ class DiffcFit:
     samples_per_s: float
     # Epoch this call resumed after (0 = trained from scratch).
     resumed_from: int = 0
+    # Chosen on the validation split (None without one): see the module docstring.
+    best: BestEpoch | None = None
 
 
 @dataclass
@@ -145,7 +173,8 @@ def train_step(
 def split_accuracy(
     model: DiffC, loader: FmapLoader, device: torch.device, amp_dtype: torch.dtype | None
 ) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy over a split, in eval mode (no dropout, running BN)."""
+    """{loss, top1, top5}: mean loss and accuracies over a split, in eval mode (no dropout,
+    running BN)."""
     was_training = model.training
     model.eval()
     k = min(5, model.cfg.num_classes)
@@ -168,7 +197,7 @@ def split_accuracy(
         raise DataError(
             f"{loader.store.path}: split {loader.split!r} is empty; nothing to evaluate Diff-C on"
         )
-    return {"test_loss": loss_sum.item() / n, "test_top1": top1.item() / n, "test_top5": top5.item() / n}
+    return {"loss": loss_sum.item() / n, "top1": top1.item() / n, "top5": top5.item() / n}
 
 
 @torch.inference_mode()
@@ -269,8 +298,10 @@ def train_diffc(
     log: Callable[[dict[str, float]], Any] | None = None,
     progress: bool = True,
     progress_position: int = 0,
+    val: FmapLoader | None = None,
 ) -> DiffcFit:
-    """Train (or resume) Diff-C for `hp.epochs` epochs on `train`, evaluating on `test` after each.
+    """Train (or resume) Diff-C for `hp.epochs` epochs on `train`, evaluating on `test` after each
+    (and on `val`, when given, for the best epoch: `DiffcFit.best`).
 
     `seed` (one of `hp.seeds`) draws the weights, the dropout masks and the flips; the batch
     order is `train`'s own (its loader seed).
@@ -284,11 +315,14 @@ def train_diffc(
     device = torch.device(device)
     ckpt_dir = Path(ckpt_dir)
     fmap_shape = tuple(train.store.array(train.split, "fmap").shape[1:])
-    test_shape = tuple(test.store.array(test.split, "fmap").shape[1:])
-    if test_shape[0] != fmap_shape[0]:
-        raise StoreError(
-            f"train maps have {fmap_shape[0]} channels but test maps {test_shape[0]}: different layers?"
-        )
+    for name, other in (("test", test), ("validation", val)):
+        if other is None:
+            continue
+        channels = other.store.array(other.split, "fmap").shape[1]
+        if channels != fmap_shape[0]:
+            raise StoreError(
+                f"train maps have {fmap_shape[0]} channels but {name} maps {channels}: different layers?"
+            )
     cfg = DiffcConfig(in_channels=fmap_shape[0], num_classes=num_classes, width=hp.width, dropout=hp.dropout)
     per_epoch = steps_per_epoch(train)
     if per_epoch == 0:
@@ -310,9 +344,13 @@ def train_diffc(
                 st, train, hp, seed, device, amp_dtype, per_epoch, progress, progress_position, ckpt_dir
             )
             _check_weights(st.model, st.epoch + 1, hp, ckpt_dir)
-            metrics = split_accuracy(st.model, test, device, amp_dtype)
+            row: dict[str, float] = {"epoch": st.epoch + 1, "train_loss": train_loss}
+            if val is not None:
+                scores = split_accuracy(st.model, val, device, amp_dtype)
+                row |= {"val_loss": scores["loss"], "val_top1": scores["top1"]}
+            row |= {f"test_{name}": value for name, value in split_accuracy(st.model, test, device, amp_dtype).items()}
+            row["lr"] = lr
             st.epoch += 1
-            row = {"epoch": st.epoch, "train_loss": train_loss, **metrics, "lr": lr}
             st.curve.append(row)
             _save(st, ckpt_dir, fingerprint)
             if log is not None:
@@ -329,6 +367,7 @@ def train_diffc(
         train_seconds=st.train_seconds,
         samples_per_s=st.samples / st.train_seconds if st.train_seconds > 0 else 0.0,
         resumed_from=resumed_from,
+        best=best_epoch(st.curve),
     )
 
 

@@ -189,18 +189,29 @@ class FmapLoader:
         yield from _read_ahead(positions, self._gather, depth=self.read_ahead)
 
 
-def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_validation(
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(fit rows, validation rows) of a train split: `fraction` of each class, seeded.
 
-    Stratified so that the validation split has train's class balance; both sides sorted.
+    Stratified so that the validation split has train's class balance (at least one of each
+    class that has two or more); both sides sorted. `groups` (e.g. each row's manifest index): rows of one group land on the same side, so two
+    views of one image never straddle the split; `fraction` then counts groups. Without
+    groups every row is its own (the same split as before groups existed).
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    names, first = np.unique(groups, return_index=True)
+    group_labels = labels[first]
     rng = np.random.default_rng(mix_seed(seed, "validation-split"))
     held = []
-    for cls in np.unique(labels):
-        rows = np.flatnonzero(labels == cls)
-        held.append(rng.choice(rows, size=int(round(fraction * len(rows))), replace=False))
-    val = np.sort(np.concatenate(held))
+    for cls in np.unique(group_labels):
+        members = np.flatnonzero(group_labels == cls)
+        # At least one of a class with two or more (a tiny split still gets scored on every class).
+        size = max(int(round(fraction * len(members))), 1 if len(members) >= 2 else 0)
+        held.append(rng.choice(members, size=size, replace=False))
+    val = np.flatnonzero(np.isin(groups, names[np.concatenate(held)]))
     fit = np.setdiff1d(np.arange(len(labels)), val)
     return fit, val

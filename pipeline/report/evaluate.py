@@ -3,7 +3,10 @@ so that `dvc metrics show` / `dvc exp show` list them as columns. One block per 
 study (pipeline.paths.CONTROLS: `trained`, `init`, `input`), each with:
 
 - `diffc.top1_pct`, `diffc.top1_std`, `diffc.top5_pct`, `diffc.top5_std`, `diffc.seeds`:
-  Diff-C test accuracy (%), mean and std (ddof 1) over `diffc.seeds`;
+  Diff-C test accuracy (%) after the last epoch, mean and std (ddof 1) over `diffc.seeds`;
+  with `diffc.val_fraction` > 0 also `diffc.best.*`: the test top-1 at each seed's best epoch
+  on the validation split carved from train (`epoch`, `val_top1_pct` per seed), labelled by
+  `chosen_on`;
 - `probe.top1_pct`: the linear probe's test top-1 (%) (pipeline.report.probe), `probe.dim`;
 - `clip.top1_pct`: CLIP zero-shot test top-1 (%), when `prompt: from_clip`;
 - `sae.sigma_label`, `sae.majority`, `sae.entropy`, `sae.latents` (N used), `sae.ranked`:
@@ -70,6 +73,15 @@ def row_metrics(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         "top5_std": 100 * diffc["top5_std"],
         "seeds": len(diffc["seeds"]),
     }
+    if "best" in diffc:
+        best = diffc["best"]
+        out["diffc"]["best"] = {
+            "top1_pct": 100 * best["top1_mean"],
+            "top1_std": 100 * best["top1_std"],
+            "epoch": best["epoch"],
+            "val_top1_pct": [100 * v for v in best["val_top1"]],
+            "chosen_on": best["chosen_on"],
+        }
 
     store = open_store(key.features_store(root))
     probe = linear_probe(store, key.layer, ev.probe_c, ev.probe_max_iter)

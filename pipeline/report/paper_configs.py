@@ -55,6 +55,7 @@ DIFFC: Recipe = {
     "diffc.batch_size": (16, "paper Sec. 4"),
     "diffc.epochs": (30, "paper Sec. 4"),
     "diffc.flip": (True, "paper Sec. 4 (random horizontal flips)"),
+    "diffc.val_fraction": (0.0, "paper Sec. 4 (trains on the whole train split; one number per cell)"),
     "diffc.seeds": ([0], "paper (one run per cell)"),
 }
 DIT: Recipe = {

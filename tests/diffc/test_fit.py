@@ -19,9 +19,10 @@ import torch
 import yaml
 
 from pipeline.config import parse_params
-from pipeline.diffc.fit import _fit_seed, run_fit_diffc, seed_curve, seed_dir, seed_threads
+from pipeline.diffc.fit import _fit_seed, run_fit_diffc, seed_curve, seed_dir, seed_threads, validation_rows
 from pipeline.diffc.model import load_diffc
-from pipeline.errors import NonFiniteLoss, StoreError
+from pipeline.errors import DataError, NonFiniteLoss, StoreError
+from pipeline.features.store import open_store
 from pipeline.paths import checkpoint_dir, classes_path
 from tests.store_fixtures import write_feature_store
 
@@ -82,6 +83,37 @@ def test_outputs_and_accuracy(fitted):
         models.append(model.fc.weight)
     assert not torch.equal(*models)  # the seeds are different runs
     assert not checkpoint_dir(out).exists()
+
+
+def test_best_epoch_on_a_validation_split_beside_the_last(fitted, tmp_path, default_params_raw):
+    root, params, metrics = fitted
+    assert params.diffc.val_fraction == 0.1  # params.yaml's embedded default
+    best = metrics["best"]
+    assert "never test" in best["chosen_on"] and len(best["epoch"]) == 2
+    assert best["top1_mean"] == pytest.approx(np.mean(best["test_top1"]))
+    for seed in (0, 1):
+        rows = list(csv.DictReader(seed_curve(params.key.diffc_curves(root), seed).open()))
+        chosen = rows[best["epoch"][seed] - 1]
+        assert float(chosen["val_top1"]) == best["val_top1"][seed] == max(float(r["val_top1"]) for r in rows)
+        assert float(chosen["test_top1"]) == best["test_top1"][seed]
+        assert float(rows[-1]["test_top1"]) == metrics["test_top1"][seed]
+    # 16 of 160 train maps held out: what the validation split is, 10% of each class.
+    fit, val = validation_rows(open_store(params.key.features_store(root)), 0.1)
+    assert (len(fit), len(val)) == (144, 16)
+
+    # No validation split: the paper's recipe, no best block, the curve without val columns.
+    plain = parse_params(_raw(default_params_raw, val_fraction=0.0))
+    _separable_store(tmp_path / "plain", plain)
+    assert "best" not in run_fit_diffc(plain, tmp_path / "plain", progress=False)
+    rows = list(csv.DictReader(seed_curve(plain.key.diffc_curves(tmp_path / "plain"), 0).open()))
+    assert "val_top1" not in rows[0]
+
+
+def test_a_validation_split_that_leaves_nothing_is_refused(tmp_path, default_params_raw):
+    params = parse_params(_raw(default_params_raw, val_fraction=0.01))
+    _separable_store(tmp_path, params, n_train=4)  # one image per class: none can be held out
+    with pytest.raises(DataError, match="val_fraction = 0.01 of 4 train images leaves 4 to train on and 0"):
+        run_fit_diffc(params, tmp_path, progress=False)
 
 
 def test_seeds_side_by_side_equal_each_seed_alone(fitted):

@@ -12,13 +12,15 @@ import torch
 from pipeline.config import DiffcParams
 from pipeline.diffc.train import (
     CHECKPOINT_NAME,
+    BestEpoch,
+    best_epoch,
     predict_topk,
     steps_per_epoch,
     train_diffc,
     training_fingerprint,
 )
 from pipeline.errors import NonFiniteLoss
-from pipeline.features.loaders import FmapLoader
+from pipeline.features.loaders import FmapLoader, carve_validation
 from pipeline.features.store import ArraySpec, FeatureStore, create_store
 
 CLASSES, C, H, W = 4, 8, 4, 4
@@ -239,3 +241,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert "\n" not in message and message.startswith("Diff-C train loss is nan at epoch 2, step 10/")
     assert f"last good checkpoint {ckpt / CHECKPOINT_NAME} is kept" in message and "diffc.lr" in message
     assert torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+
+
+def test_best_epoch_is_the_highest_validation_top1_earliest_on_a_tie() -> None:
+    curve = [
+        {"epoch": e, "val_top1": v, "test_top1": t, "test_top5": 1.0}
+        for e, v, t in [(1, 0.5, 0.4), (2, 0.8, 0.6), (3, 0.8, 0.9), (4, 0.7, 0.95)]
+    ]
+    assert best_epoch(curve) == BestEpoch(epoch=2, val_top1=0.8, test_top1=0.6, test_top5=1.0)
+    assert best_epoch([{k: v for k, v in row.items() if k != "val_top1"} for row in curve]) is None
+
+
+def test_validation_split_scores_every_epoch_and_picks_the_best(store: FeatureStore, tmp_path: Path) -> None:
+    hp = _hp(epochs=3)
+    fit_rows, val_rows = carve_validation(store.read("train", "label"), 0.2, seed=0)
+    train = FmapLoader(store, "train", hp.batch_size, seed=0, rows=fit_rows)
+    val = FmapLoader(store, "train", 64, shuffle=False, rows=val_rows)
+    test = FmapLoader(store, "test", 64, shuffle=False)
+    fit = train_diffc(train, test, CLASSES, hp, seed=0, device="cpu", amp_dtype=None, ckpt_dir=tmp_path / "ckpt",
+                      fingerprint="fp", progress=False, val=val)
+    assert list(fit.curve[0]) == ["epoch", "train_loss", "val_loss", "val_top1", "test_loss", "test_top1",
+                                  "test_top5", "lr"]
+    assert fit.best == best_epoch(fit.curve) and fit.best is not None
+    assert fit.curve[fit.best.epoch - 1]["val_top1"] == max(r["val_top1"] for r in fit.curve)
+    assert fit.test_top1 == fit.curve[-1]["test_top1"]  # the headline stays the last epoch's
+    # The validation rows are train's, scored in eval mode: what split_accuracy gives on them.
+    assert 0.0 <= fit.best.val_top1 <= 1.0 and len(val_rows) == 32

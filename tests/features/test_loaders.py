@@ -17,8 +17,24 @@ def test_validation_split_is_stratified_seeded_and_disjoint() -> None:
     assert np.bincount(labels[val]).tolist() == [5, 3, 2, 10]  # 10% of each class
     again, other = carve_validation(labels, 0.1, seed=0)[1], carve_validation(labels, 0.1, seed=1)[1]
     assert np.array_equal(val, again) and not np.array_equal(val, other)
+    # A class too small for its share still gives one row, if it has two.
+    small = carve_validation(np.repeat(np.arange(3), [5, 2, 1]), 0.1, seed=0)[1]
+    assert np.bincount(np.repeat(np.arange(3), [5, 2, 1])[small], minlength=3).tolist() == [1, 1, 0]
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         carve_validation(labels, 0.0, seed=0)
+
+
+def test_validation_split_keeps_an_images_views_together() -> None:
+    labels = np.repeat(np.arange(4), [50, 30, 20, 100])
+    # Three views per image: rows 3i, 3i+1, 3i+2 are one image.
+    fit, val = carve_validation(np.repeat(labels, 3), 0.1, seed=0, groups=np.repeat(np.arange(200), 3))
+    images = val.reshape(-1, 3) // 3
+    assert (images == images[:, :1]).all() and np.intersect1d(fit // 3, val // 3).size == 0
+    assert np.bincount(labels[images[:, 0]]).tolist() == [5, 3, 2, 10]  # 10% of each class's images
+    # One row per group is the split without groups, row for row.
+    plain = carve_validation(labels, 0.1, seed=0)
+    grouped = carve_validation(labels, 0.1, seed=0, groups=np.arange(200) + 1000)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, grouped))
 
 
 def test_loader_over_rows_yields_exactly_those_samples(tmp_path) -> None:
