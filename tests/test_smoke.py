@@ -131,6 +131,14 @@ def test_encode_and_extract_outputs(smoke_repo: Path) -> None:
     assert pooled["init"].shape == pooled["trained"].shape and not np.array_equal(pooled["init"], pooled["trained"])
     x_t = open_store(smoke_repo / "features/digits/fmnist-ddpm/input/input/t25.zarr").read("train", "fmap")
     assert x_t.shape == (50, 1, 16, 16) and pooled["input"].shape == (50, 1)
+    # The stages' stores open in xarray with named axes (tests/features/test_store.py compares values).
+    import xarray as xr
+
+    features = smoke_repo / "features/digits/fmnist-ddpm"
+    ds = xr.open_zarr(features / "trained/up_ft0/t25.zarr", group="test", consolidated=False)
+    assert ds["fmap"].dims == ("sample", "channel", "y", "x") and ds.sizes["sample"] == 20
+    ds = xr.open_zarr(features / "latents.zarr", group="train", consolidated=False)
+    assert ds["latents"].dims == ("sample", "channel", "y", "x")
 
 
 @pytest.mark.parametrize("row", ROWS.values())

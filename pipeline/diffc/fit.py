@@ -55,7 +55,9 @@ from pipeline.timings import record_timing
 
 CURVE_FIELDS = ("epoch", "train_loss", "test_loss", "test_top1", "test_top5", "lr")
 # With a validation split the curve gains its columns (after train_loss).
-VAL_CURVE_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "test_loss", "test_top1", "test_top5", "lr")
+VAL_CURVE_FIELDS = (
+    "epoch", "train_loss", "val_loss", "val_top1", "test_loss", "test_top1", "test_top5", "lr"
+)
 # The validation split's seed: one split for every Diff-C seed (so their best epochs are read
 # on the same rows), and the split `bench.diffc_recipe` chose the embedded recipe on.
 VALIDATION_SEED = 0
@@ -124,7 +126,10 @@ def seed_threads(device: torch.device, num_seeds: int) -> int | None:
     return max(1, torch.get_num_threads() // num_seeds)
 
 
-def _loaders(store: FeatureStore, hp: DiffcParams, seed: int) -> tuple[FmapLoader, FmapLoader, FmapLoader | None]:
+Loaders = tuple[FmapLoader, FmapLoader, FmapLoader | None]
+
+
+def _loaders(store: FeatureStore, hp: DiffcParams, seed: int) -> Loaders:
     """(train, test, validation or None) loaders of one store."""
     eval_batch = max(hp.batch_size, 256)
     split = validation_rows(store, hp.val_fraction)
@@ -136,7 +141,7 @@ def _loaders(store: FeatureStore, hp: DiffcParams, seed: int) -> tuple[FmapLoade
 
 
 def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progress: bool,
-              position: int = 0, loaders: tuple[FmapLoader, FmapLoader, FmapLoader | None] | None = None) -> DiffcFit:
+              position: int = 0, loaders: Loaders | None = None) -> DiffcFit:
     """Train (or resume) the Diff-C of one seed; a worker process's whole job."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -239,13 +244,15 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
         for seed, fit in zip(hp.seeds, fits, strict=True):
             own: dict[str, Any] = {"test_top1": fit.test_top1, "test_top5": fit.test_top5}
             if fit.best is not None:
-                own["best"] = {"epoch": fit.best.epoch, "val_top1": fit.best.val_top1, "test_top1": fit.best.test_top1}
+                b = fit.best
+                own["best"] = {"epoch": b.epoch, "val_top1": b.val_top1, "test_top1": b.test_top1}
             save_diffc(fit.model, fit.cfg, seed_dir(tmp, seed), extra={**extra, "seed": seed, "metrics": own})
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     curves = key.diffc_curves(root)
     with publish_dir(curves) as tmp:
         for seed, fit in zip(hp.seeds, fits, strict=True):
-            write_curve(seed_curve(tmp, seed), fit.curve, CURVE_FIELDS if fit.best is None else VAL_CURVE_FIELDS)
+            fields = CURVE_FIELDS if fit.best is None else VAL_CURVE_FIELDS
+            write_curve(seed_curve(tmp, seed), fit.curve, fields)
     shutil.rmtree(ckpt, ignore_errors=True)
     train_seconds = sum(f.train_seconds for f in fits)
     samples = sum(f.samples_per_s * f.train_seconds for f in fits)

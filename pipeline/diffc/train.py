@@ -86,7 +86,9 @@ def best_epoch(curve: list[dict[str, float]]) -> BestEpoch | None:
         return None
     # max() keeps the first of equal values: the earliest epoch wins a tie.
     row = max(scored, key=lambda r: r["val_top1"])
-    return BestEpoch(int(row["epoch"]), float(row["val_top1"]), float(row["test_top1"]), float(row["test_top5"]))
+    return BestEpoch(
+        int(row["epoch"]), float(row["val_top1"]), float(row["test_top1"]), float(row["test_top5"])
+    )
 
 
 @dataclass
@@ -348,7 +350,8 @@ def train_diffc(
             if val is not None:
                 scores = split_accuracy(st.model, val, device, amp_dtype)
                 row |= {"val_loss": scores["loss"], "val_top1": scores["top1"]}
-            row |= {f"test_{name}": value for name, value in split_accuracy(st.model, test, device, amp_dtype).items()}
+            scores = split_accuracy(st.model, test, device, amp_dtype)
+            row |= {f"test_{name}": value for name, value in scores.items()}
             row["lr"] = lr
             st.epoch += 1
             st.curve.append(row)
