@@ -4,8 +4,8 @@ Layout (DESIGN.md, "The feature store")::
 
     <key>.zarr/
       zarr.json                 group attributes: {"provenance": {...}, "complete": bool, "layout": {...}}
-      train/pooled  (N, C)        float32   chunk (1, C)        shard (S, C)
-      train/fmap    (N, C, H, W)  float16   chunk (1, C, H, W)  shard (S, C, H, W)
+      train/pooled  (N, C)        float32   chunk (1, C)        shard (S, C)     dims (sample, channel)
+      train/fmap    (N, C, H, W)  float16   chunk (1, C, H, W)  shard (S, C, H, W)  dims (sample, channel, y, x)
       train/label   (N,)          int64     chunk = shard = (S,)
       train/index   (N,)          int64     row of the sample's image in manifest.csv
       train/view    (N,)          int16     0 = plain resize + center crop
@@ -60,12 +60,32 @@ class ProvenanceMismatch(StoreError):
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One per-sample array of a split: `sample_shape` excludes the leading sample axis."""
+    """One per-sample array of a split: `sample_shape` excludes the leading sample axis.
+
+    `dims`: the axes' names, the sample axis included; by default `sample`, then `channel`,
+    `y`, `x` as the rank asks (a (C,) vector, a (C, H, W) map). Stored as the arrays' Zarr v3
+    `dimension_names`, which is what lets `xarray.open_zarr` name the axes.
+    """
 
     name: str
     sample_shape: tuple[int, ...]
     dtype: str
     compress: bool = False
+    dims: tuple[str, ...] | None = None
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        if self.dims is not None:
+            if len(self.dims) != 1 + len(self.sample_shape):
+                raise StoreError(
+                    f"array {self.name!r}: dims {self.dims} do not match its rank {1 + len(self.sample_shape)}"
+                )
+            return self.dims
+        defaults = {0: (), 1: ("channel",), 2: ("y", "x"), 3: ("channel", "y", "x")}
+        rank = len(self.sample_shape)
+        if rank not in defaults:
+            raise StoreError(f"array {self.name!r}: name the axes of a rank-{rank} sample (ArraySpec.dims)")
+        return ("sample", *defaults[rank])
 
 
 def provenance_hash(provenance: Mapping[str, Any]) -> str:
@@ -257,6 +277,7 @@ def create_store(
                 dtype=spec.dtype,
                 compressors=_SMALL_CODECS if spec.compress else None,
                 fill_value=0,
+                dimension_names=spec.dimension_names,
             )
     group.attrs.update(
         {

@@ -142,3 +142,34 @@ def test_fmap_loader_covers_every_sample_once(tmp_path: Path, in_memory: bool, s
     first = [y.tolist() for _, y in FmapLoader(store, "train", 5, seed=3, in_memory=in_memory)]
     again = [y.tolist() for _, y in FmapLoader(store, "train", 5, seed=3, in_memory=in_memory)]
     assert first == again
+
+
+def test_xarray_and_tensorstore_read_what_zarr_reads(tmp_path: Path) -> None:
+    # Issue 18 D3: a store is plain Zarr v3 with named axes, so the field's readers open it.
+    import tensorstore as ts
+    import xarray as xr
+
+    final, store = _build(tmp_path, shard=3)  # 10 train samples: a ragged last shard
+    _fill(store)
+    store = publish(store, final)
+    for split in ("train", "test"):
+        ds = xr.open_zarr(final, group=split, consolidated=False)
+        assert dict(ds.sizes) == {"sample": store.num_samples(split), "channel": 6, "y": 3, "x": 3}
+        assert ds["fmap"].dims == ("sample", "channel", "y", "x") and ds["label"].dims == ("sample",)
+        for name in ("pooled", "fmap", "label", "index", "view"):
+            ours = store.read(split, name)
+            via_xarray = ds[name].values
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(final / split / name)}}
+            via_ts = ts.open(spec).result()
+            assert via_xarray.dtype == ours.dtype, name
+            np.testing.assert_array_equal(via_xarray, ours)
+            np.testing.assert_array_equal(via_ts.read().result(), ours)
+
+
+def test_axis_names_must_match_the_rank() -> None:
+    assert ArraySpec("x", (2, 3), "float32").dimension_names == ("sample", "y", "x")
+    assert ArraySpec("x", (2,), "float32", dims=("image", "latent")).dimension_names == ("image", "latent")
+    with pytest.raises(StoreError, match="do not match its rank 2"):
+        ArraySpec("x", (2,), "float32", dims=("a", "b", "c")).dimension_names
+    with pytest.raises(StoreError, match="rank-4 sample"):
+        ArraySpec("x", (1, 2, 3, 4), "float32").dimension_names
