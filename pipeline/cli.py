@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -391,16 +392,13 @@ def paper_run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands only."),
 ) -> None:
     """Run (or queue) one DVC experiment per cell of the configuration; `revelio compare` then prints the tables."""
-    import shutil
     import subprocess
-    import sys
 
     from pipeline.report.paper_configs import shell
+    from pipeline.report.sweeps import dvc_executable
 
     config = _paper_config(name)
-    # `dvc` on PATH, else the one beside this interpreter (.venv/bin/revelio run without activating).
-    beside = Path(sys.executable).parent / "dvc"
-    dvc = shutil.which("dvc") or (str(beside) if beside.exists() else "dvc")
+    dvc = dvc_executable()
     for i, cmd in enumerate(config.commands(queue=queue), 1):
         typer.echo(f"[{i}/{len(config.cells)}] {shell(cmd)}")
         if dry_run:
@@ -411,6 +409,75 @@ def paper_run(
             raise typer.Exit(code)
     if not dry_run:
         typer.echo("queued: run them with `dvc queue start`" if queue else "done: `revelio compare` prints the tables")
+
+
+@app.command()
+def sweep(
+    layers: str = typer.Option(..., "--layers", help="Comma-separated layers, e.g. bottleneck,up_ft0,up_ft1."),
+    timesteps: str = typer.Option("25", "--t", help="Comma-separated timesteps, e.g. 25,100,250."),
+    overrides: list[str] = typer.Option(
+        [], "-S", "--set", help="KEY=VALUE for every experiment, as for `dvc exp run -S` (repeatable)."
+    ),
+    jobs: int = typer.Option(
+        0, "--jobs", "-j", min=0, help="Queue workers run at once (`dvc queue start -j`); 0 = one per GPU, 1 on a CPU."
+    ),
+    prefix: str = typer.Option("sweep", "--name", help="Experiment name prefix: <name>-<layer>-t<t> (unique per commit)."),
+    queue_only: bool = typer.Option(False, "--queue-only", help="Queue the experiments and stop (start them with `dvc queue start`)."),
+    poll: float = typer.Option(10.0, "--poll", min=0.1, help="Seconds between queue checks while waiting."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands only."),
+) -> None:
+    """Queue one DVC experiment per (layer, t) and run them with N workers sharing one DVC cache;
+    waits until all finish, then `revelio compare` prints the tables. On several GPUs each worker's
+    stages take a GPU no other one holds."""
+    import subprocess
+
+    from pipeline.report.paper_configs import shell
+    from pipeline.report.sweeps import dvc_executable, queue_status, sweep_commands, wait_for, worker_env
+
+    try:
+        ts = [int(t) for t in timesteps.split(",") if t.strip()]
+    except ValueError:
+        _fail(ValueError(f"--t {timesteps!r}: timesteps are comma-separated integers"))
+    names = [layer.strip() for layer in layers.split(",") if layer.strip()]
+    # Every key checked against params.yaml now, not by a worker minutes later.
+    from pipeline.config import parse_params
+
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    for layer, t in itertools.product(names, ts):
+        try:
+            parse_params({**raw, "layer": layer, "t": t})
+        except (ConfigError, ValueError) as exc:
+            _fail(ValueError(f"layer={layer} t={t}: {exc}"))
+    cmds = sweep_commands(names, ts, overrides, prefix)
+    if jobs == 0:
+        import torch
+
+        jobs = max(1, torch.cuda.device_count())
+    dvc = dvc_executable()
+    start = [dvc, "queue", "start", "-j", str(jobs)]
+    for i, cmd in enumerate(cmds, 1):
+        typer.echo(f"[{i}/{len(cmds)}] {shell(cmd)}")
+        if not dry_run and (code := subprocess.call([dvc, *cmd[1:]])):
+            typer.echo(f"error: queueing experiment {i} failed (exit {code}); the ones before it stay queued", err=True)
+            raise typer.Exit(code)
+    if queue_only or dry_run:
+        typer.echo(f"then: {shell(['dvc', *start[1:]])}")
+        return
+    # The workers inherit this environment: the queued copies of the repo have no .venv.
+    if code := subprocess.call(start, env=worker_env()):
+        raise typer.Exit(code)
+    exp_names = [cmd[cmd.index("-n") + 1] for cmd in cmds]
+
+    def report(counts) -> None:
+        typer.echo("queue: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+
+    final = wait_for(exp_names, queue_status, poll_s=poll, report=report)
+    failed = [name for name, state in final.items() if state != "Success"]
+    if failed:
+        typer.echo(f"error: {len(failed)} experiment(s) did not succeed: {', '.join(failed)} "
+                   "(`dvc queue logs NAME` shows why)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"done: {len(exp_names)} experiments; `revelio compare` prints the tables")
 
 
 @app.command("check-metrics")

@@ -6,9 +6,7 @@ released code as NOTES-reference.md read it.
 
 from __future__ import annotations
 
-import os
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import Params, parse_params
 from pipeline.report.paper_configs import CONFIGS, Cell, get_config
+from tests.fake_dvc import fake_dvc
 
 
 def _resolve(cell: Cell, repo_root: Path) -> Params:
@@ -100,19 +99,8 @@ def test_prompts_and_if_size(repo_root: Path) -> None:
     assert _cell("table5", dataset="fgvc_aircraft", prompt="empty").paper == 65.07  # Tables 5, 6
 
 
-def _fake_dvc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int = 0) -> Path:
-    """A `dvc` first on PATH that logs its arguments and exits with `code`; returns the log."""
-    log = tmp_path / "calls.txt"
-    script = tmp_path / "bin" / "dvc"
-    script.parent.mkdir()
-    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexit {code}\n')
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
 def test_cli_runs_one_experiment_per_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log = _fake_dvc(tmp_path, monkeypatch)
+    log = fake_dvc(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["paper", "run", "table2c", "--queue"])
     assert result.exit_code == 0, result.output
     calls = log.read_text().splitlines()
@@ -128,7 +116,7 @@ def test_cli_runs_one_experiment_per_cell(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_cli_stops_at_a_failed_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log = _fake_dvc(tmp_path, monkeypatch, code=3)
+    log = fake_dvc(tmp_path, monkeypatch, code=3)
     result = CliRunner().invoke(app, ["paper", "run", "table2c"])
     assert result.exit_code == 3 and len(log.read_text().splitlines()) == 1
     assert "cell 1 of table2c failed" in result.output
