@@ -127,12 +127,12 @@ def seed_threads(device: torch.device, num_seeds: int) -> int | None:
 
 
 Loaders = tuple[FmapLoader, FmapLoader, FmapLoader | None]
+Split = tuple[np.ndarray, np.ndarray] | None  # (fit rows, validation rows) of train, or None
 
 
-def _loaders(store: FeatureStore, hp: DiffcParams, seed: int) -> Loaders:
+def _loaders(store: FeatureStore, hp: DiffcParams, seed: int, split: Split) -> Loaders:
     """(train, test, validation or None) loaders of one store."""
     eval_batch = max(hp.batch_size, 256)
-    split = validation_rows(store, hp.val_fraction)
     fit_rows, val_rows = split if split is not None else (None, None)
     train = FmapLoader(store, "train", hp.batch_size, shuffle=True, seed=seed, rows=fit_rows)
     test = FmapLoader(store, "test", eval_batch, shuffle=False)
@@ -140,7 +140,7 @@ def _loaders(store: FeatureStore, hp: DiffcParams, seed: int) -> Loaders:
     return train, test, val
 
 
-def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progress: bool,
+def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progress: bool, split: Split,
               position: int = 0, loaders: Loaders | None = None) -> DiffcFit:
     """Train (or resume) the Diff-C of one seed; a worker process's whole job."""
     if threads is not None:
@@ -149,7 +149,7 @@ def _fit_seed(params: Params, root: Path, seed: int, threads: int | None, progre
     store = open_store(key.features_store(root))
     classes = read_classes(params.dataset, root)
     device = resolve_device(hp.device)
-    train, test, val = loaders if loaders is not None else _loaders(store, hp, seed)
+    train, test, val = loaders if loaders is not None else _loaders(store, hp, seed, split)
     train.seed = seed
     return train_diffc(
         train, test, len(classes), hp, seed=seed, device=device, amp_dtype=resolve_dtype(hp.dtype, device),
@@ -175,17 +175,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _fit_seeds(params: Params, root: Path, threads: int | None, progress: bool) -> list[DiffcFit]:
+def _fit_seeds(params: Params, root: Path, threads: int | None, progress: bool, split: Split) -> list[DiffcFit]:
     seeds = params.diffc.seeds
     if threads is None:
         # One set of loaders for all seeds, reseeded per seed: an in-memory split is read once.
-        loaders = _loaders(open_store(params.key.features_store(root)), params.diffc, seeds[0])
-        return [_fit_seed(params, root, s, None, progress, loaders=loaders) for s in seeds]
+        loaders = _loaders(open_store(params.key.features_store(root)), params.diffc, seeds[0], split)
+        return [_fit_seed(params, root, s, None, progress, split, loaders=loaders) for s in seeds]
     # spawn, not fork: the parent has already started torch's thread pools. At most two
     # processes per thread: more seeds than that queue (each keeps its own thread count).
     workers = min(len(seeds), 2 * torch.get_num_threads())
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_die_with_parent) as pool:
-        jobs = [pool.apply_async(_fit_seed, (params, root, s, threads, progress, i)) for i, s in enumerate(seeds)]
+        jobs = [pool.apply_async(_fit_seed, (params, root, s, threads, progress, split, i))
+                for i, s in enumerate(seeds)]
         try:
             return [job.get() for job in jobs]
         except BaseException:
@@ -215,7 +216,7 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
     shape = tuple(store.array("train", "fmap").shape[1:])
     threads = seed_threads(device, len(hp.seeds))
     schedule = "one after another" if threads is None else f"side by side, {threads} thread(s) each"
-    split = validation_rows(store, hp.val_fraction)  # checked here, before any worker starts
+    split = validation_rows(store, hp.val_fraction)  # once, checked before any worker starts
     train_maps = f"{store.num_samples('train')} train"
     if split is not None:
         train_maps = f"{len(split[0])} train + {len(split[1])} validation ({hp.val_fraction:g} of train)"
@@ -224,7 +225,7 @@ def run_fit_diffc(params: Params, root: Path = Path("."), *, progress: bool = Tr
         f"of {'x'.join(map(str, shape))}, {len(classes)} classes, width {hp.width}, {hp.epochs} epochs at batch "
         f"{hp.batch_size}, seeds {hp.seeds} ({schedule}); {device}, {str(amp_dtype).removeprefix('torch.')}"
     )
-    fits = _fit_seeds(params, root, threads, progress)
+    fits = _fit_seeds(params, root, threads, progress, split)
     metrics = summarise(hp.seeds, fits, hp.val_fraction)
     extra = {
         "classes": classes,

@@ -124,7 +124,8 @@ def test_seeds_side_by_side_equal_each_seed_alone(fitted):
     assert threads == max(1, torch.get_num_threads() // 2)
     before = torch.get_num_threads()
     try:
-        alone = _fit_seed(params, root, 1, threads, progress=False)
+        split = validation_rows(open_store(params.key.features_store(root)), params.diffc.val_fraction)
+        alone = _fit_seed(params, root, 1, threads, progress=False, split=split)
     finally:
         torch.set_num_threads(before)
     saved = load_diffc(seed_dir(params.key.diffc_dir(root), 1))[0].state_dict()
