@@ -432,7 +432,14 @@ def sweep(
     import subprocess
 
     from pipeline.report.paper_configs import shell
-    from pipeline.report.sweeps import dvc_executable, queue_status, sweep_commands, wait_for, worker_env
+    from pipeline.report.sweeps import (
+        dvc_executable,
+        experiment_name,
+        queue_status,
+        sweep_commands,
+        wait_for,
+        worker_env,
+    )
 
     try:
         ts = [int(t) for t in timesteps.split(",") if t.strip()]
@@ -466,7 +473,7 @@ def sweep(
     # The workers inherit this environment: the queued copies of the repo have no .venv.
     if code := subprocess.call(start, env=worker_env()):
         raise typer.Exit(code)
-    exp_names = [cmd[cmd.index("-n") + 1] for cmd in cmds]
+    exp_names = [experiment_name(prefix, layer, t) for layer, t in itertools.product(names, ts)]
 
     def report(counts) -> None:
         typer.echo("queue: " + ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
