@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -392,23 +393,29 @@ def paper_run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands only."),
 ) -> None:
     """Run (or queue) one DVC experiment per cell of the configuration; `revelio compare` then prints the tables."""
+    config = _paper_config(name)
+    _run_dvc_commands(
+        list(config.commands(queue=queue)), dry_run,
+        lambda i, code: f"cell {i} of {config.name} failed (exit {code}); the cells before it are kept",
+    )
+    if not dry_run:
+        typer.echo("queued: run them with `dvc queue start`" if queue else "done: `revelio compare` prints the tables")
+
+
+def _run_dvc_commands(cmds: list[list[str]], dry_run: bool, failure: Callable[[int, int], str]) -> None:
+    """Echo and run each `dvc ...` command in turn (the dvc beside this interpreter when PATH has
+    none); the first that fails stops with `failure(its number, exit status)`."""
     import subprocess
 
     from pipeline.report.paper_configs import shell
     from pipeline.report.sweeps import dvc_executable
 
-    config = _paper_config(name)
     dvc = dvc_executable()
-    for i, cmd in enumerate(config.commands(queue=queue), 1):
-        typer.echo(f"[{i}/{len(config.cells)}] {shell(cmd)}")
-        if dry_run:
-            continue
-        code = subprocess.call([dvc, *cmd[1:]])
-        if code:
-            typer.echo(f"error: cell {i} of {config.name} failed (exit {code}); the cells before it are kept", err=True)
+    for i, cmd in enumerate(cmds, 1):
+        typer.echo(f"[{i}/{len(cmds)}] {shell(cmd)}")
+        if not dry_run and (code := subprocess.call([dvc, *cmd[1:]])):
+            typer.echo(f"error: {failure(i, code)}", err=True)
             raise typer.Exit(code)
-    if not dry_run:
-        typer.echo("queued: run them with `dvc queue start`" if queue else "done: `revelio compare` prints the tables")
 
 
 @app.command()
@@ -436,6 +443,7 @@ def sweep(
         dvc_executable,
         experiment_name,
         queue_status,
+        resolve_overrides,
         sweep_commands,
         wait_for,
         worker_env,
@@ -446,27 +454,22 @@ def sweep(
     except ValueError:
         _fail(ValueError(f"--t {timesteps!r}: timesteps are comma-separated integers"))
     names = [layer.strip() for layer in layers.split(",") if layer.strip()]
-    # Every key checked against params.yaml now, not by a worker minutes later.
-    from pipeline.config import parse_params
-
-    raw = yaml.safe_load(Path("params.yaml").read_text())
+    # Every key checked now, as its experiment would run (-S overrides included: another model
+    # has other layers), not by a worker minutes later.
     for layer, t in itertools.product(names, ts):
         try:
-            parse_params({**raw, "layer": layer, "t": t})
+            resolve_overrides(Path("params.yaml"), [f"layer={layer}", f"t={t}", *overrides])
         except (ConfigError, ValueError) as exc:
             _fail(ValueError(f"layer={layer} t={t}: {exc}"))
-    cmds = sweep_commands(names, ts, overrides, prefix)
     if jobs == 0:
         import torch
 
         jobs = max(1, torch.cuda.device_count())
-    dvc = dvc_executable()
-    start = [dvc, "queue", "start", "-j", str(jobs)]
-    for i, cmd in enumerate(cmds, 1):
-        typer.echo(f"[{i}/{len(cmds)}] {shell(cmd)}")
-        if not dry_run and (code := subprocess.call([dvc, *cmd[1:]])):
-            typer.echo(f"error: queueing experiment {i} failed (exit {code}); the ones before it stay queued", err=True)
-            raise typer.Exit(code)
+    _run_dvc_commands(
+        sweep_commands(names, ts, overrides, prefix), dry_run,
+        lambda i, code: f"queueing experiment {i} failed (exit {code}); the ones before it stay queued",
+    )
+    start = [dvc_executable(), "queue", "start", "-j", str(jobs)]
     if queue_only or dry_run:
         typer.echo(f"then: {shell(['dvc', *start[1:]])}")
         return

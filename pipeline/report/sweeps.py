@@ -20,10 +20,15 @@ import itertools
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import yaml
+
+from pipeline.config import Params, parse_params
 
 # What `dvc queue status` calls a task that has not finished.
 PENDING = ("Queued", "Running")
@@ -44,6 +49,18 @@ def sweep_commands(
          "-S", f"t={t}", *extra]
         for layer, t in itertools.product(layers, timesteps)
     ]
+
+
+def resolve_overrides(params_file: Path, overrides: Iterable[str]) -> Params:
+    """The validated params an experiment would run with: `params_file` with the `-S` overrides
+    applied by DVC's own code for `dvc exp run -S` (on a copy; the file is untouched)."""
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        shutil.copy(params_file, path)
+        apply_overrides(path, list(overrides))
+        return parse_params(yaml.safe_load(path.read_text()))
 
 
 def dvc_executable() -> str:

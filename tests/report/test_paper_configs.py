@@ -6,29 +6,21 @@ released code as NOTES-reference.md read it.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import Params, parse_params
+from pipeline.config import Params
 from pipeline.report.paper_configs import CONFIGS, Cell, get_config
+from pipeline.report.sweeps import resolve_overrides
 from tests.fake_dvc import fake_dvc
 
 
 def _resolve(cell: Cell, repo_root: Path) -> Params:
     """params.yaml with the cell's `-S` overrides applied by DVC's own code for `dvc exp run -S`."""
-    from dvc.utils.hydra import apply_overrides
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "params.yaml"
-        shutil.copy(repo_root / "params.yaml", path)
-        apply_overrides(path, cell.overrides())
-        return parse_params(yaml.safe_load(path.read_text()))
+    return resolve_overrides(repo_root / "params.yaml", cell.overrides())
 
 
 def _cell(config: str, **fields) -> Cell:
